@@ -1,0 +1,143 @@
+"""``raykd`` — one command line for everything.
+
+    raykd run CONFIG [--set key=value ...]     run an experiment (any method) from a YAML config
+    raykd check CONFIG [--set ...]             validate a config and print it, without running
+    raykd data list | fetch NAME               datasets: what is registered, fetch + unpack one
+    raykd report RUN_DIR [--a A] [--size S]    leaderboard and plots from a results table
+    raykd sweep CONFIG [--resume RUN_DIR]      Ray Tune sweep (search space in the YAML)
+    raykd rl CONFIG                            dual policy distillation on RLlib (alias of run)
+
+User errors (bad config, missing file, unknown name) print one sentence and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Callable
+
+from raykd.errors import UserError
+
+# method -> "module:function" that runs a validated config and returns its results table
+RUNNERS: dict[str, str] = {
+    "kd": "raykd.distill.kd:run",
+}
+
+
+def register_runner(method: str, target: str) -> None:
+    RUNNERS[method] = target
+
+
+def _runner(method: str) -> Callable:
+    mod, fn = RUNNERS[method].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def init_ray(ray_cfg) -> None:
+    """Connect to the cluster in ``ray.address``/``RAY_ADDRESS`` (e.g. under ``ray job submit``), else
+    start a local Ray in-process with its dashboard (if any) bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=ray_cfg.dashboard, dashboard_host="127.0.0.1",
+                 configure_logging=True, logging_level="WARNING")
+
+
+def cmd_run(args) -> int:
+    from raykd.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    runner = _runner(cfg.method)
+    init_ray(cfg.ray)
+    runner(cfg)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from raykd.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    print(json.dumps(cfg.model_dump(), indent=2, default=str))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from raykd import data
+
+    if args.action == "list":
+        import pandas as pd
+
+        print(pd.DataFrame(data.describe()).to_string(index=False))
+        return 0
+    if not args.name:
+        raise UserError("data fetch: name a dataset, e.g. `raykd data fetch mnist`")
+    data.info(args.name, "NAME")
+    for split in ("train", "test"):
+        arrays = data.load(args.name, split)
+        print(f"{args.name} {split}: {len(arrays['label']):,} examples")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raykd.report import report
+
+    report(args.run_dir, a=args.a, size=args.size)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raykd", description="Distillation on Ray: model, dataset, policy and self-distillation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn, helptext in (("run", cmd_run, "run an experiment from a YAML config"),
+                               ("rl", cmd_run, "run dual policy distillation (a `method: dpd` config)"),
+                               ("check", cmd_check, "validate a config without running it")):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("config")
+        r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+        if name != "check":
+            r.add_argument("--output-dir", default=None, help="override output_dir")
+        r.set_defaults(fn=fn)
+    d = sub.add_parser("data", help="list or fetch datasets")
+    d.add_argument("action", choices=["list", "fetch"])
+    d.add_argument("name", nargs="?")
+    d.set_defaults(fn=cmd_data)
+    rep = sub.add_parser("report", help="print the leaderboard and draw plots from a results table")
+    rep.add_argument("run_dir")
+    rep.add_argument("--a", type=float, default=0.5, help="weight of size in DS (0..1)")
+    rep.add_argument("--size", choices=["params", "bytes", "macs"], default="params")
+    rep.set_defaults(fn=cmd_report)
+    for extra in ("sweep", "submit"):
+        mod = importlib.util.find_spec(f"raykd.{'sweep.tune' if extra == 'sweep' else 'submit'}")
+        if mod is not None:
+            importlib.import_module(mod.name).add_subparser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "a", None) is not None and not 0 <= args.a <= 1:
+            raise UserError(f"--a {args.a}: must be in [0, 1]")
+        return int(args.fn(args) or 0)
+    except UserError as e:
+        print(f"raykd: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("raykd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

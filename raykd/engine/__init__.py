@@ -1,0 +1,1 @@
+"""Ray Train integration: the training loop, teacher placement, checkpoints and resume."""

@@ -1,0 +1,151 @@
+"""Dual Policy Distillation (Lai, Zha, Li, Hu; IJCAI 2020) as an RLlib PPO variant.
+
+Two peer learners pi and pi~ explore their own copies of one task. Each keeps its PPO loss and
+adds a *disadvantageous distillation* term computed on the peer's most recent states:
+
+    xi(s)    = V~(s) - V(s)                                  (peer's value advantage in state s)
+    w(s)     = min(exp(alpha * clip(xi(s), -c, c)), w_max)  (soft form of the hard weight 1[xi(s) > 0])
+    J(theta) = E_{s ~ peer's batch}[ w(s) * || mu_theta(s) - mu~(s) ||^2 ]
+    L(theta) = L_PPO(theta) + lambda_distill * J(theta)
+
+and symmetrically for the peer. Everything lives on RLlib's new API stack: the peers are two
+RLModules in one MultiRLModule, and ``DPDTorchLearner.compute_losses`` sees the whole
+MultiAgentBatch, so module ``i`` reads module ``j``'s states, action means and values there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.algorithms.algorithm_config import NotProvided
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+from ray.rllib.utils.typing import ModuleID
+import torch
+
+DISTILL_LOSS_KEY = "dpd_distill_loss"  # J(theta), logged per module
+PEER_BETTER_KEY = "dpd_frac_peer_better"  # fraction of peer states with xi(s) > 0
+XI_MEAN_KEY = "dpd_xi_mean"  # mean of xi(s) = V~(s) - V(s) over the distillation batch
+
+
+def disadvantage_weights(xi: torch.Tensor, alpha: float, xi_clip: float, weight_clip: float) -> torch.Tensor:
+    """Soft disadvantageous-distillation weights w(s) for value gaps xi(s) = V_peer(s) - V_own(s).
+
+    w(s) = min(exp(alpha * clip(xi(s), -xi_clip, xi_clip)), weight_clip): states where the peer's
+    value is higher get the larger weight; w = 1 where both values agree. The weight is not
+    re-normalised over the batch, so a peer that is worse everywhere is (almost) ignored, as in the
+    hard form 1[xi(s) > 0] that the soft weight approximates for large alpha.
+    """
+    return torch.exp(alpha * xi.clamp(-xi_clip, xi_clip)).clamp(max=weight_clip)
+
+
+def gaussian_mean(action_dist_inputs: torch.Tensor) -> torch.Tensor:
+    """Action mean of RLlib's diagonal Gaussian, whose inputs are ``[mean, log_std]`` concatenated."""
+    return torch.chunk(action_dist_inputs, 2, dim=-1)[0]
+
+
+class DPDConfig(PPOConfig):
+    """``PPOConfig`` plus ``.distillation(...)``: two peer PPO learners that distil from each other.
+
+    Example::
+
+        config = (
+            DPDConfig()
+            .environment(PeerEnv, env_config={"env_id": "HalfCheetah-v5", "num_learners": 2})
+            .multi_agent(policies={"learner_0", "learner_1"}, policy_mapping_fn=policy_mapping_fn)
+            .distillation(alpha=1.0, weight=1.0, batch_size=256)
+        )
+        algo = config.build_algo()
+    """
+
+    def __init__(self, algo_class: type | None = None):
+        super().__init__(algo_class=algo_class or DPD)
+        self.distill_alpha = 1.0
+        self.distill_weight = 1.0
+        self.distill_batch_size = 256
+        self.distill_interval = 1
+        self.distill_xi_clip = 5.0
+        self.distill_weight_clip = 10.0
+
+    def distillation(self, *, alpha: float = NotProvided, weight: float = NotProvided,
+                     batch_size: int = NotProvided, interval: int = NotProvided,
+                     xi_clip: float = NotProvided, weight_clip: float = NotProvided) -> "DPDConfig":
+        """Set the distillation term.
+
+        Args:
+            alpha: temperature of w(s) = exp(alpha * xi(s)); large alpha approaches the hard 1[xi > 0].
+            weight: lambda_distill, the weight of J(theta) next to the PPO loss (0 = independent peers).
+            batch_size: number of the peer's states per minibatch used for J (sampled without replacement).
+            interval: apply the distillation term every ``interval``-th training iteration.
+            xi_clip: xi(s) is clipped to [-xi_clip, xi_clip] before the exponential.
+            weight_clip: the weights exp(alpha * xi) are clipped at this value.
+        """
+        for name, value in (("alpha", alpha), ("weight", weight), ("batch_size", batch_size),
+                            ("interval", interval), ("xi_clip", xi_clip), ("weight_clip", weight_clip)):
+            if value is not NotProvided:
+                setattr(self, f"distill_{name}", value)
+        return self
+
+    def get_default_learner_class(self) -> type:
+        return DPDTorchLearner
+
+    def validate(self) -> None:
+        super().validate()
+        if self.distill_weight < 0 or self.distill_alpha < 0:
+            raise ValueError("DPDConfig.distillation: `weight` and `alpha` must be >= 0.")
+        if self.distill_batch_size < 1 or self.distill_interval < 1:
+            raise ValueError("DPDConfig.distillation: `batch_size` and `interval` must be >= 1.")
+
+
+class DPD(PPO):
+    """PPO whose learner adds the dual-policy-distillation term; configured by ``DPDConfig``."""
+
+    @classmethod
+    def get_default_config(cls) -> DPDConfig:
+        return DPDConfig()
+
+
+class DPDTorchLearner(PPOTorchLearner):
+    """PPO learner whose per-module loss gets the peer-weighted distillation term J(theta)."""
+
+    def compute_losses(self, *, fwd_out: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+        losses = super().compute_losses(fwd_out=fwd_out, batch=batch)  # L_PPO per module
+        cfg: DPDConfig = self.config
+        if cfg.distill_weight == 0 or self._weights_seq_no % cfg.distill_interval != 0:
+            return losses
+        modules = sorted(fwd_out)
+        if len(modules) != 2:  # a peer is absent from this batch (or single-learner run): nothing to distil
+            return losses
+        for own, peer in ((modules[0], modules[1]), (modules[1], modules[0])):
+            j = self.distillation_loss(own=own, peer=peer, fwd_out=fwd_out, batch=batch)
+            losses[own] = losses[own] + cfg.distill_weight * j  # L = L_PPO + lambda * J
+        return losses
+
+    def distillation_loss(self, *, own: ModuleID, peer: ModuleID, fwd_out: dict[str, Any],
+                          batch: dict[str, Any]) -> torch.Tensor:
+        """J(theta) = E_{s ~ peer}[ w(s) * ||mu_theta(s) - mu~(s)||^2 ] on the peer's states in ``batch``."""
+        cfg: DPDConfig = self.config
+        own_module, peer_module = self.module[own].unwrapped(), self.module[peer].unwrapped()
+        peer_batch = batch[peer]
+        states, peer_inputs = peer_batch[Columns.OBS], fwd_out[peer][Columns.ACTION_DIST_INPUTS]
+        if Columns.LOSS_MASK in peer_batch:  # drop the artificial bootstrap timesteps PPO appends
+            mask = peer_batch[Columns.LOSS_MASK].bool()
+            states, peer_inputs = states[mask], peer_inputs[mask]
+        if states.shape[0] > cfg.distill_batch_size:
+            idx = torch.randperm(states.shape[0], device=states.device)[: cfg.distill_batch_size]
+            states, peer_inputs = states[idx], peer_inputs[idx]
+
+        mu_peer = gaussian_mean(peer_inputs).detach()  # mu~(s): the peer is the teacher here
+        mu_own = gaussian_mean(own_module.forward_train({Columns.OBS: states})[Columns.ACTION_DIST_INPUTS])
+        with torch.no_grad():
+            xi = peer_module.compute_values({Columns.OBS: states}) - own_module.compute_values({Columns.OBS: states})
+            w = disadvantage_weights(xi, cfg.distill_alpha, cfg.distill_xi_clip, cfg.distill_weight_clip)
+        d = (mu_own - mu_peer).pow(2).sum(-1)  # D(pi_theta(s), pi~(s)) = ||mu_theta(s) - mu~(s)||^2
+        j = (w * d).mean()
+
+        self.metrics.log_dict(
+            {DISTILL_LOSS_KEY: j, PEER_BETTER_KEY: (xi > 0).float().mean(), XI_MEAN_KEY: xi.mean()},
+            key=own, window=1,
+        )
+        return j

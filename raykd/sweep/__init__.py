@@ -1,0 +1,1 @@
+"""Ray Tune integration, the distillation metric, leaderboards and plots."""

@@ -1,0 +1,153 @@
+"""Dual Policy Distillation on RLlib: weight sign/clipping, weight 0 == PPO, a real MuJoCo run, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+from raykd.rl.dpd import DPDConfig, disadvantage_weights, gaussian_mean
+from raykd.rl.env import PeerEnv
+from raykd.rl.runner import build_config, run
+from raykd.rl.settings import RLSettings
+
+TINY = dict(env="InvertedPendulum-v5", train_batch_size=256, minibatch_size=64, num_epochs=2, hidden=[16, 16])
+
+
+def test_weight_favours_states_where_peer_value_is_higher_and_is_clipped():
+    xi = torch.tensor([-2.0, 0.0, 0.5, 2.0, 100.0])
+    w = disadvantage_weights(xi, alpha=1.0, xi_clip=3.0, weight_clip=5.0)
+    assert torch.all(w[1:] >= w[:-1]) and w[0] < w[1] < w[2]  # larger V_peer - V_own -> larger weight
+    assert w[1] == pytest.approx(1.0)  # equal values -> weight 1
+    assert w[0] == pytest.approx(np.exp(-2.0), rel=1e-5)  # exp(alpha * xi)
+    assert w[3] == pytest.approx(5.0) and w[4] == pytest.approx(5.0)  # exp(2)=7.4 and exp(3) clipped at 5
+    low = disadvantage_weights(torch.tensor([-100.0]), alpha=2.0, xi_clip=3.0, weight_clip=5.0)
+    assert low.item() == pytest.approx(np.exp(-6.0), rel=1e-5)  # xi clipped to -3 before exp
+
+
+def test_settings_reject_unknown_fields_and_envs():
+    assert RLSettings().modes == ["dpd", "independent", "ppo_single"]
+    with pytest.raises(ValueError, match="distill_wieght"):
+        RLSettings(distill_wieght=1.0)
+    with pytest.raises(ValueError, match="unknown gymnasium environment"):
+        RLSettings(env="HalfCheeta-v5")
+    with pytest.raises(ValueError, match="minibatch_size"):
+        RLSettings(train_batch_size=64, minibatch_size=128)
+
+
+def _learner(config: DPDConfig):
+    return config.build_learner(env=PeerEnv({"env_id": "InvertedPendulum-v5", "num_learners": 2}))
+
+
+def test_learner_distils_from_peer_with_weight_from_the_peer_value_gap():
+    """In the learner itself, xi = V_peer - V_own: a peer valued higher gets the (clipped) large weight."""
+    cfg = build_config(RLSettings(**TINY, alpha=1.0, xi_clip=5.0, weight_clip=10.0), "dpd", seed=0)
+    learner = _learner(cfg)
+    m0, m1 = learner.module["learner_0"], learner.module["learner_1"]
+    states = torch.randn(32, 4)
+    with torch.no_grad():
+        for m, bias in ((m0, 0.0), (m1, 4.0)):  # V_1(s) = V_0(s) + 4 everywhere: learner_1 is the better peer
+            vf = m.vf.net.mlp[-1]
+            vf.weight.zero_()
+            vf.bias.fill_(bias)
+    outs = {mid: learner.module[mid].forward_train({Columns.OBS: states}) for mid in ("learner_0", "learner_1")}
+    batch = {mid: {Columns.OBS: states} for mid in outs}
+    d = (gaussian_mean(outs["learner_0"][Columns.ACTION_DIST_INPUTS])
+         - gaussian_mean(outs["learner_1"][Columns.ACTION_DIST_INPUTS])).pow(2).sum(-1).mean().item()
+    j_worse_learns = learner.distillation_loss(own="learner_0", peer="learner_1", fwd_out=outs, batch=batch).item()
+    j_better_learns = learner.distillation_loss(own="learner_1", peer="learner_0", fwd_out=outs, batch=batch).item()
+    assert d > 0
+    assert j_worse_learns == pytest.approx(min(np.exp(4.0), 10.0) * d, rel=1e-4)  # w = exp(4) clipped at 10
+    assert j_better_learns == pytest.approx(np.exp(-4.0) * d, rel=1e-4)  # peer is worse: tiny weight
+
+
+def _update(learner, episodes) -> dict[str, torch.Tensor]:
+    learner.update(episodes=copy.deepcopy(episodes),  # the learner connector edits episodes in place timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: 512}, num_epochs=2,
+                   minibatch_size=128, shuffle_batch_per_epoch=False)
+    return {f"{mid}.{k}": v.detach().clone() for mid in ("learner_0", "learner_1")
+            for k, v in learner.module[mid].state_dict().items()}
+
+
+def test_zero_distillation_weight_gives_exactly_the_independent_ppo_update():
+    """With weight 0, one DPD update of both peers equals RLlib's own PPO learner on the same batch."""
+    cfg = build_config(RLSettings(**TINY), "dpd", seed=0)
+    episodes = MultiAgentEnvRunner(config=cfg).sample(num_timesteps=512, random_actions=False)
+
+    dpd0 = _learner(cfg.copy(copy_frozen=False).distillation(weight=0.0))
+    init = dpd0.module.get_state()
+    ppo = _learner(cfg.copy(copy_frozen=False).learners(learner_class=PPOTorchLearner))
+    dpd1 = _learner(cfg.copy(copy_frozen=False).distillation(weight=1.0))
+    for learner in (ppo, dpd1):
+        learner.module.set_state(init)
+
+    after_dpd0, after_ppo, after_dpd1 = _update(dpd0, episodes), _update(ppo, episodes), _update(dpd1, episodes)
+    assert after_dpd0.keys() == after_ppo.keys()
+    for k in after_ppo:
+        torch.testing.assert_close(after_dpd0[k], after_ppo[k], rtol=0, atol=0)
+    # the distillation term does change the policy when its weight is positive
+    changed = [k for k in after_ppo if "pi" in k and not torch.equal(after_dpd1[k], after_ppo[k])]
+    assert changed
+
+
+def _peer_action_gap(algo: Algorithm, states: torch.Tensor) -> float:
+    with torch.no_grad():
+        mu = [gaussian_mean(algo.get_module(m).forward_inference({Columns.OBS: states})[Columns.ACTION_DIST_INPUTS])
+              for m in ("learner_0", "learner_1")]
+    return float((mu[0] - mu[1]).pow(2).sum(-1).mean())
+
+
+@pytest.mark.ray
+def test_short_halfcheetah_run_distillation_loss_decreases(ray_session):
+    """6 iterations of DPD-PPO on HalfCheetah-v5: J falls, and the peers end closer than independent peers."""
+    settings = RLSettings(env="HalfCheetah-v5", train_batch_size=1000, minibatch_size=125, num_epochs=5,
+                          distill_weight=1.0, distill_batch=128)
+    states = torch.tensor(np.random.default_rng(0).normal(0, 0.5, size=(512, 17)), dtype=torch.float32)
+    gaps, losses = {}, []
+    for mode in ("dpd", "independent"):
+        algo = build_config(settings, mode, seed=0).build_algo()
+        for _ in range(6):
+            result = algo.train()
+            if mode == "dpd":
+                learners = result["learners"]
+                losses.append(np.mean([learners[m]["dpd_distill_loss"] for m in ("learner_0", "learner_1")]))
+        gaps[mode] = _peer_action_gap(algo, states)
+        algo.stop()
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+    assert gaps["dpd"] < gaps["independent"], gaps
+
+
+@pytest.mark.ray
+def test_checkpoint_restores_and_training_continues(ray_session, tmp_path):
+    settings = RLSettings(**TINY, modes=["dpd"], seeds=[0], steps_per_learner=300, distill_weight=0.5)
+    first = run(settings, tmp_path)
+    ckpt = json.loads(first["extra"][0])["checkpoint"]
+    restored = Algorithm.from_checkpoint(ckpt)
+    assert isinstance(restored.config, DPDConfig) and restored.config.distill_weight == 0.5
+    saved_iter = restored.iteration
+    saved = {k: v.clone() for k, v in restored.get_module("learner_0").state_dict().items()}
+    restored.stop()
+
+    longer = settings.model_copy(update={"steps_per_learner": 900})
+    rows = run(longer, tmp_path, resume=str(tmp_path))
+    curve = pd.read_csv(tmp_path / "curves" / "dpd-s0.csv")
+    iters = curve.groupby("iteration")["steps"].min()
+    assert list(iters.index) == list(range(1, len(iters) + 1))  # iterations continue, no restart at 1
+    assert iters.index.max() > saved_iter and iters.is_monotonic_increasing and iters.iloc[-1] >= 900
+    assert json.loads(rows["extra"][0])["steps_per_learner"] >= 900
+
+    cont = Algorithm.from_checkpoint(ckpt)
+    assert cont.iteration == iters.index.max()
+    now = cont.get_module("learner_0").state_dict()
+    assert any(not torch.equal(now[k], saved[k]) for k in saved)  # training went on from the restored weights
+    cont.stop()
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "results.csv").exists()
