@@ -10,8 +10,11 @@ Only the loss is measured (no model).
   allocated before (inputs excluded). On GPU: ``torch.cuda.max_memory_allocated`` minus the allocated
   bytes before the run. On CPU: ``torch.profiler.profile(profile_memory=True)`` records every CPU
   allocation and free with the allocator's running total ("Total Allocated", counted from the start of
-  profiling); the peak is the maximum of that running total. It counts tensor storage only (not the
-  Python heap or the malloc arena's slack) and is measured in a separate run from the timing.
+  profiling); the peak is the maximum of that running total. Blocks that existed before (the inputs,
+  the previous step's gradients, which ``step`` releases first) are not counted, so the number is the
+  storage the loss's forward + backward allocates, the student's new gradients included. It counts
+  tensor storage only (not the Python heap or the malloc arena's slack) and is measured in a separate
+  run from the timing.
 
 Run (CPU, shared machine):
     flock /tmp/raykd-heavy.lock env OMP_NUM_THREADS=2 python benchmarks/ckd_losses.py
@@ -36,19 +39,20 @@ from raykd.losses import build_one
 
 N_TEACHER, N_STUDENT = 6, 3
 
-# (label, registered name, params)
+# (label, registered name, params, batch: "full" = the size's B, "small" = its smaller B, "both")
 LOSSES = [
-    ("WR pair, cosine+KL", "wr_pair", {"form": "cosine_kl"}),
-    ("WR pair, distance+Huber", "wr_pair", {"form": "distance"}),
-    ("WR triple, window 21", "wr_triple", {"window": 21}),
-    ("WR triple, full, chunked", "wr_triple", {"window": None}),
-    ("WR triple, full, unchunked", "wr_triple", {"window": None, "anchor_chunk": 10**9}),
-    ("LTR pair, cosine+KL", "ltr_pair", {"form": "cosine_kl"}),
-    ("LTR pair, distance+Huber", "ltr_pair", {"form": "distance"}),
-    ("LTR triple", "ltr_triple", {}),
+    ("WR pair, cosine+KL", "wr_pair", {"form": "cosine_kl"}, "full"),
+    ("WR pair, distance+Huber", "wr_pair", {"form": "distance"}, "full"),
+    ("WR triple, window 21", "wr_triple", {"window": 21}, "full"),
+    ("WR triple, full, chunked", "wr_triple", {"window": None}, "both"),
+    ("WR triple, full, unchunked", "wr_triple", {"window": None, "anchor_chunk": 10**9}, "small"),
+    ("LTR pair, cosine+KL", "ltr_pair", {"form": "cosine_kl"}, "full"),
+    ("LTR pair, distance+Huber", "ltr_pair", {"form": "distance"}, "full"),
+    ("LTR triple", "ltr_triple", {}, "full"),
 ]
 
-# (B, L, D) and the smaller B used for the unchunked full-triple form where the full B is not sensible
+# (B, L, D, smaller B): the unchunked full-triple form runs at the smaller B (at B=32, L=128 it would keep
+# several B*L^3 float32 tensors of 268 MB per matched layer, too much for a shared 24 GiB machine)
 SIZES = [(32, 128, 768, 8), (32, 64, 384, 32)]
 
 
@@ -88,8 +92,13 @@ def peak_bytes(loss, inputs, device: torch.device) -> int:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)
         events = json.load(open(path))["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
-    return max([0] + totals)
+    mem = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    if not mem:
+        return 0
+    # The running total is process-wide and keeps blocks freed outside an earlier profiling session,
+    # so measure from its value just before this session's first event.
+    baseline = mem[0]["Total Allocated"] - mem[0]["Bytes"]
+    return max(0, max(m["Total Allocated"] for m in mem) - baseline)
 
 
 def bench(name: str, params: dict, B: int, L: int, D: int, device: torch.device, repeats: int) -> dict:
@@ -119,12 +128,13 @@ def main() -> None:
 
     rows = []
     for B, L, D, B_unchunked in sizes:
-        for label, name, params in LOSSES:
-            b = B_unchunked if params.get("anchor_chunk") else B
-            r = bench(name, params, b, L, D, device, args.repeats)
-            r["label"] = label
-            rows.append(r)
-            print(f"  {label:28s} B={b:3d} L={L:4d} D={D:4d}  {r['time_s'] * 1e3:9.1f} ms  {r['peak_bytes'] / 2**20:9.1f} MiB", flush=True)
+        for label, name, params, which in LOSSES:
+            batches = {"full": [B], "small": [B_unchunked], "both": sorted({B, B_unchunked}, reverse=True)}[which]
+            for b in batches:
+                r = bench(name, params, b, L, D, device, args.repeats)
+                r["label"] = label
+                rows.append(r)
+                print(f"  {label:28s} B={b:3d} L={L:4d} D={D:4d}  {r['time_s'] * 1e3:9.1f} ms  {r['peak_bytes'] / 2**20:9.1f} MiB", flush=True)
 
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, torch threads={torch.get_num_threads()})"
     memory_how = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler CPU allocator peak (Total Allocated)"

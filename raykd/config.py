@@ -136,9 +136,25 @@ class EngineConfig(Strict):
     teacher_gpus: float = Field(0.25, ge=0, le=1, description="actor_pool: GPU fraction per teacher actor when GPUs exist")
     teacher_cpus: float = Field(1.0, gt=0, description="actor_pool: CPUs per teacher actor (leave room next to the training workers)")
     teacher_cache: bool = Field(False, description="compute frozen-teacher outputs once and reuse them (fixed data only)")
+    teacher_cache_max_gb: float = Field(4.0, gt=0, description="larger teacher outputs are computed online instead of cached")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     max_failures: int = Field(0, ge=0, description="Ray Train FailureConfig(max_failures)")
     storage_path: str | None = Field(None, description="where Ray Train keeps checkpoints (default: output_dir/ray)")
+
+
+class SweepConfig(Strict):
+    """A Ray Tune search over config fields (see :mod:`raykd.sweep.tune`)."""
+
+    space: dict[str, dict[str, Any]] = Field(..., min_length=1, description="dotted config key -> {grid|choice|uniform|loguniform|randint|quniform: ...}")
+    metric: Literal["ds", "accuracy"] = "ds"
+    num_samples: int = Field(1, ge=1)
+    search: Literal["basic", "optuna"] = "basic"
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs fit")
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial (e.g. a lost node)")
+    label: str = Field("kd", description="method label of the sweep's rows")
 
 
 class BaseRunConfig(Strict):
@@ -162,6 +178,17 @@ class DistillConfig(BaseRunConfig):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     allow_larger_student: bool = Field(False, description="permit a student with more parameters than its teacher")
     baseline_scratch: bool = Field(False, description="also train each student from scratch with CE on the same budget")
+    sweep: SweepConfig | None = None
+    student_init: Literal["random", "teacher_layers"] = Field(
+        "random", description="BERT students: random weights, or the teacher's embeddings + uniformly skipped layers (equal widths)")
+
+    @model_validator(mode="after")
+    def _student_init(self):
+        from raykd.distill.lm import check_student_init
+
+        check_student_init(self.student_init, (self.teacher.name, self.teacher.args),
+                           [(s.name, s.args) for s in self.students])
+        return self
 
     @model_validator(mode="after")
     def _sizes(self):

@@ -81,13 +81,18 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df[COLUMNS]
 
 
-def append_rows(out_dir: str | Path, rows: list[dict]) -> pd.DataFrame:
-    """Append rows to ``out_dir/results.parquet`` and ``results.csv`` (atomically, under a file lock)."""
+def append_rows(out_dir: str | Path, rows: list[dict], replace_run_ids: bool = False) -> pd.DataFrame:
+    """Append rows to ``out_dir/results.parquet`` and ``results.csv`` (atomically, under a file lock).
+
+    With ``replace_run_ids`` existing rows with the same ``run_id`` as a new row are dropped first,
+    so a retried or resumed trial leaves exactly one row."""
     out_dir = Path(out_dir)
     pq = out_dir / "results.parquet"
     with _locked(pq):
         new = _normalise(pd.DataFrame(rows))
         old = read_results(out_dir) if pq.exists() else None
+        if old is not None and replace_run_ids:
+            old = old[~old["run_id"].isin(set(new["run_id"]))]
         df = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
         for target, writer in ((pq, lambda p: df.to_parquet(p, index=False)), (out_dir / "results.csv", lambda p: df.to_csv(p, index=False))):
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

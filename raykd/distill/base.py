@@ -112,7 +112,12 @@ class ClassifyMethod:
 
     # ---- models -----------------------------------------------------------------------------
     def build_student(self) -> nn.Module:
-        return M.build(self.task.student["name"], num_classes=self.num_classes, **self.task.student.get("args", {}))
+        model = M.build(self.task.student["name"], num_classes=self.num_classes, **self.task.student.get("args", {}))
+        if self.task.extra.get("student_init", "random") == "teacher_layers":
+            from raykd.distill.lm import init_student_from_teacher
+
+            init_student_from_teacher(model, self.task.teacher, self.num_classes)
+        return model
 
     def build_teacher(self) -> nn.Module | None:
         if not self.task.uses_teacher:
@@ -136,8 +141,24 @@ class ClassifyMethod:
                 ctx[f"{key}_layers"] = cfg.num_hidden_layers
         return ctx
 
+    def teacher_context(self) -> dict:
+        """The teacher's width and depth without loading its weights (for losses that need them)."""
+        if not self.task.teacher:
+            return {}
+        if self.task.teacher["name"] == "minilm-l6":
+            from raykd.models.bert import MINILM_HIDDEN, MINILM_LAYERS
+
+            return {"teacher_hidden": MINILM_HIDDEN, "teacher_layers": MINILM_LAYERS}
+        with torch.device("meta"):
+            t = M.build(self.task.teacher["name"], num_classes=self.num_classes, **self.task.teacher.get("args", {}))
+        cfg = getattr(t, "config", None)
+        return {"teacher_hidden": cfg.hidden_size, "teacher_layers": cfg.num_hidden_layers} if cfg is not None else {}
+
     def build_loss(self, student: nn.Module, teacher: nn.Module | None = None) -> WeightedLoss:
-        return WeightedLoss(self.task.losses, self.loss_context(student, teacher))
+        ctx = self.loss_context(student, teacher)
+        if teacher is None:
+            ctx |= self.teacher_context()
+        return WeightedLoss(self.task.losses, ctx)
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, model: nn.Module, batch: dict, needs: set[str] = frozenset()) -> dict:

@@ -66,6 +66,8 @@ class DatasetDistillSettings(BaseModel):
         "softmax", description="softmax: labels are softmax(logits), always valid distributions; free: raw values")
     steps: int = Field(10, ge=1, description="inner gradient steps per epoch over the synthetic set")
     epochs: int = Field(3, ge=1, description="epochs over the synthetic set; T = steps * epochs learned lrs")
+    sample_init: Literal["noise", "real"] = Field(
+        "noise", description="noise: x~ ~ N(0, s^2) as in the paper; real: start from real samples of each assigned class")
     split_per_step: bool = Field(
         False, description="False: every step uses all samples; True: the set is cut into `steps` disjoint batches")
     init: Literal["fixed", "random", "pretrained"] = "fixed"
@@ -82,7 +84,7 @@ class DatasetDistillSettings(BaseModel):
     eval_epochs: int | None = Field(None, ge=1, description="epochs of the learned schedule at evaluation (default: epochs)")
     real_train_steps: int = Field(300, ge=1, description="random-real baseline: full-batch Adam steps")
     real_lr: float = Field(1e-3, gt=0, description="Adam lr for training on real data (baseline and full-set reference)")
-    reference_epochs: int = Field(2, ge=1, description="epochs of the full-train-set reference (teacher_accuracy)")
+    reference_epochs: int = Field(2, ge=0, description="epochs of the full-train-set reference (teacher_accuracy); 0: skip")
     baselines: bool = Field(True, description="also run random real samples and the hard-label variant")
     num_workers: int = Field(1, ge=1, description="Ray Train workers averaging meta-gradients")
     use_gpu: bool | None = Field(None, description="default: torch.cuda.is_available()")
@@ -276,13 +278,20 @@ class SyntheticSet(nn.Module):
     @classmethod
     def initial(cls, settings: DatasetDistillSettings, data: RealData, n: int, seed: int,
                 dtype: torch.dtype = torch.float32) -> "SyntheticSet":
-        """x~ ~ N(0, s^2) (s = 1 for normalised pixels, the embedding table's std for text); sample i is
-        assigned class i mod C; labels start one-hot (or random); every eta starts at inner_lr_init."""
+        """Sample i is assigned class i mod C. x~ ~ N(0, s^2) (s = 1 for normalised pixels, the embedding
+        table's std for text), or a random real sample of the assigned class; labels start one-hot (or
+        random); every eta starts at inner_lr_init."""
         g = torch.Generator().manual_seed(10_007 + settings.seed)
-        scale = float(data.table.std()) if data.kind == "text" else 1.0
-        x = torch.randn((n, *data.sample_shape), generator=g, dtype=dtype) * scale
         c = data.num_classes
-        onehot = F.one_hot(torch.arange(n) % c, c).to(dtype)
+        assigned = torch.arange(n) % c
+        if settings.sample_init == "real":
+            picks = [int(torch.nonzero(data.train_y == k).flatten()[torch.randint(int((data.train_y == k).sum()), (1,),
+                     generator=g)]) for k in assigned.tolist()]
+            x = data.inputs(data.train_x[picks]).to(dtype).clone()
+        else:
+            scale = float(data.table.std()) if data.kind == "text" else 1.0
+            x = torch.randn((n, *data.sample_shape), generator=g, dtype=dtype) * scale
+        onehot = F.one_hot(assigned, c).to(dtype)
         if not settings.learn_labels:
             values = onehot
         elif settings.label_init == "onehot":
@@ -351,6 +360,29 @@ def meta_gradient(model: nn.Module, syn: SyntheticSet, theta0: Params, x_real: t
     loss = outer_loss(model, theta_T, x_real, y_real)
     learnable = [p for p in syn.parameters()]
     return loss, list(torch.autograd.grad(loss, learnable))
+
+
+def distill(settings: DatasetDistillSettings, log: bool = False) -> dict[str, torch.Tensor]:
+    """The whole outer loop in one process (reference version of what the Ray Train workers do):
+    sample a real batch and theta_0, take the exact meta-gradient, Adam step on x~, y~ and eta."""
+    data = load_real_data(settings.dataset, settings.max_tokens)
+    model = build_learner(settings, data.num_classes)
+    syn = SyntheticSet.initial(settings, data, settings.sample_count(), settings.seed)
+    opt = torch.optim.Adam(syn.parameters(), lr=settings.outer_lr, betas=settings.outer_betas)
+    sched = torch.optim.lr_scheduler.StepLR(opt, settings.lr_decay_step, settings.lr_decay_factor)
+    theta_run = starting_params(settings, model)
+    g = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919)
+    for it in range(settings.outer_iterations):
+        x_real, y_real = data.train_batch(settings.outer_batch_size, g)
+        theta0 = init_params(model, settings.seed * 1_000_003 + it + 1) if settings.init == "random" else theta_run
+        loss, grads = meta_gradient(model, syn, theta0, x_real, y_real, settings)
+        for p, gr in zip(syn.parameters(), grads):
+            p.grad = gr
+        opt.step()
+        sched.step()
+        if log and (it + 1) % settings.log_every == 0:
+            print(f"[dataset_distill] outer {it + 1}/{settings.outer_iterations} loss {float(loss):.4f}", flush=True)
+    return export(syn)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def run(cfg: DistillConfig) -> "pd.DataFrame":
         loss_dicts = [l.as_dict() for l in losses] or [{"name": "ce", "weight": 1.0}]
         task = TaskSpec(dataset=cfg.data.model_dump(), student={"name": spec.name, "args": spec.args},
                         teacher={"name": cfg.teacher.name, "args": cfg.teacher.args, "weights": teacher["weights"]},
-                        losses=loss_dicts, train=cfg.train.model_dump() | {"seed": cfg.train.seed + cfg.seed})
+                        losses=loss_dicts, train=cfg.train.model_dump() | {"seed": cfg.train.seed + cfg.seed},
+                        extra={"student_init": cfg.student_init if kind == "kd" else "random"})
         print(f"[raykd] [{i + 1}/{len(jobs)}] {kind} student {label}: "
               f"{' + '.join(str(d.get('weight', 1)) + '*' + d['name'] for d in loss_dicts)}", flush=True)
         t0 = time.time()

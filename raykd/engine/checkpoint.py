@@ -31,7 +31,11 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         path = path / "model.safetensors"
     if not path.exists():
         raise UserError(f"{path}: no such weights file")
-    missing, unexpected = load_model(unwrap(model), str(path), strict=strict)
+    try:
+        load_model(unwrap(model), str(path), strict=strict)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"{path}: these weights do not fit the configured architecture ({first})") from None
     return model
 
 

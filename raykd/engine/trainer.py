@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -59,8 +60,17 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 
 
 def _log(rank: int, msg: str) -> None:
+    # Written to the process's real stdout (forwarded to the driver once by Ray); a plain print
+    # would also be teed through Ray Train's patched print and appear twice.
     if rank == 0:
-        print(f"[raykd] {msg}", flush=True)
+        print(f"[raykd] {msg}", file=sys.__stdout__, flush=True)
+
+
+def record_progress(directory: str, rank: int, epoch: int) -> None:
+    """Append ``rank epoch pid`` to ``directory/progress.log`` at each epoch start (hook used by the
+    fault-tolerance tests to find a worker's process id and to check which epochs ran after a restart)."""
+    with open(Path(directory) / "progress.log", "a") as f:
+        f.write(f"{rank} {epoch} {os.getpid()}\n")
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -80,9 +90,13 @@ def train_loop_per_worker(config: dict) -> None:
     train_arrays = method.load_split("train")
     test_arrays = method.load_split("test")
     student = method.build_student()
-    teacher = method.build_teacher()
+    cache_ref = config.get("teacher_cache_ref")
+    cached = ray.get(cache_ref) if cache_ref is not None else None  # frozen-teacher outputs, computed once
+    stream = config.get("teacher_from_stream", False)
+    teacher = method.build_teacher() if cached is None and not stream else None
     loss_fn = method.build_loss(student, teacher)
-    needs = loss_fn.teacher_needs if teacher is not None or config.get("teacher_from_stream") else set()
+    needs = loss_fn.teacher_needs if teacher is not None or config.get("teacher_from_stream") or cached else set()
+    teacher_examples = 0  # examples the teacher ran a forward pass on, in this worker
     if teacher is not None:
         teacher.to(device)
     loss_fn.to(device)
@@ -102,9 +116,10 @@ def train_loop_per_worker(config: dict) -> None:
     per_rank = n // world
     steps_per_epoch = math.ceil(per_rank / bs)
     total_steps = epochs * steps_per_epoch
-    stream = config.get("teacher_from_stream", False)
 
     for epoch in range(start_epoch, epochs):
+        if config.get("progress_dir"):
+            record_progress(config["progress_dir"], rank, epoch + 1)
         model.train()
         t0, seen, loss_sum, nb = time.perf_counter(), 0, 0.0, 0
         if stream:
@@ -122,9 +137,15 @@ def train_loop_per_worker(config: dict) -> None:
                 if "t_hidden" in item:
                     h = item["t_hidden"].float()
                     t_out["hidden_states"] = tuple(h[:, j, : batch["input_ids"].shape[1]] for j in range(h.shape[1]))
+            elif cached is not None:
+                batch = method.batch(train_arrays, item)
+                from raykd.engine.teacher_cache import lookup
+
+                t_out = lookup(cached, item, batch)
             else:
                 batch = method.batch(train_arrays, item)
                 t_out = method.teacher_forward(teacher, {k: v.to(device) for k, v in batch.items()}, needs) if teacher is not None else None
+                teacher_examples += len(item) if teacher is not None else 0
             batch = {k: v.to(device) for k, v in batch.items()}
             if t_out is not None:
                 t_out = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t_out.items()}
@@ -149,14 +170,20 @@ def train_loop_per_worker(config: dict) -> None:
         # evaluation on the test split, sharded over workers
         test_idx = np.arange(rank, len(test_arrays["label"]), world)
         ev = method.evaluate(unwrap(model), {k: v[test_idx] for k, v in test_arrays.items()})
-        correct, count, nll, seen_all, loss_all, nb_all = _all_reduce_sum(
-            [ev["correct"], ev["count"], ev["nll_sum"], seen, loss_sum, nb], device)
+        correct, count, nll, seen_all, loss_all, nb_all, t_examples = _all_reduce_sum(
+            [ev["correct"], ev["count"], ev["nll_sum"], seen, loss_sum, nb, teacher_examples], device)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1, "step": step, "train_loss": loss_all / max(1, nb_all),
             "accuracy": correct / max(1.0, count), "test_nll": nll / max(1.0, count),
             "samples_per_s": seen_all / max(1e-9, train_time), "epoch_time_s": train_time,
+            "teacher_forward_examples": t_examples,
             **{f"loss_{k}": v for k, v in logs.items()},
         }
+        ref = config.get("ds_ref")  # lets Tune schedulers and searchers act on the distillation metric
+        if ref:
+            from raykd.sweep.metric import distillation_score
+
+            metrics["ds"] = distillation_score(ref["size_s"], ref["size_t"], metrics["accuracy"], ref["acc_t"], ref["a"])
         for k, v in ev.items():
             if k not in ("correct", "count", "nll_sum"):
                 metrics[k] = v
@@ -182,7 +209,7 @@ def cluster_has_gpus() -> bool:
 
 
 def fit(task: TaskSpec, engine: dict, name: str, storage_path: str | Path, label: str | None = None,
-        extra_config: dict | None = None) -> ray.train.Result:
+        extra_config: dict | None = None, callbacks: list | None = None) -> ray.train.Result:
     """Train one student with a ``TorchTrainer``; returns Ray's ``Result`` (metrics + checkpoint)."""
     use_gpu = engine.get("use_gpu")
     if use_gpu is None:
@@ -195,11 +222,12 @@ def fit(task: TaskSpec, engine: dict, name: str, storage_path: str | Path, label
 
         datasets = {"train": teacher_output_dataset(task, engine, use_gpu)}
         config["teacher_from_stream"] = True
-    elif task.uses_teacher and engine.get("teacher_cache"):
-        from raykd.engine.teacher_cache import cached_teacher_dataset
+    elif task.uses_teacher and engine.get("teacher_cache") and "teacher_cache_ref" not in config:
+        from raykd.engine.teacher_cache import get_or_build
 
-        datasets = {"train": cached_teacher_dataset(task, engine)}
-        config["teacher_from_stream"] = True
+        ref = get_or_build(task, engine, use_gpu)
+        if ref is not None:
+            config["teacher_cache_ref"] = ref
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -207,7 +235,8 @@ def fit(task: TaskSpec, engine: dict, name: str, storage_path: str | Path, label
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=int(engine.get("max_failures", 0)))),
+                             failure_config=FailureConfig(max_failures=int(engine.get("max_failures", 0))),
+                             callbacks=callbacks),
         datasets=datasets,
     )
     return trainer.fit()

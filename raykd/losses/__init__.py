@@ -112,3 +112,4 @@ def loss_names() -> list[str]:
 # Register the built-in losses.
 from raykd.losses import kd as _kd  # noqa: E402,F401
 from raykd.losses import ckd as _ckd  # noqa: E402,F401
+from raykd.losses import smoothing as _smoothing  # noqa: E402,F401

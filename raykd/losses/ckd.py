@@ -37,7 +37,8 @@ Memory (float32, 4 bytes per element, per matched layer, student side, autograd 
 ------------------------------------------------------------------------------------------
 B batch, L length, D width, w window, M matched layers, c anchors per chunk (``anchor_chunk``).
 The inputs [B, L, D] are not counted. "k x" is the number of same-sized intermediates kept alive
-at the peak (autograd saves some for backward); the measured peaks are in ``benchmarks/ckd_losses.py``.
+at the peak (autograd saves some for backward); measured peaks: docs/ckd_memory.md
+(``benchmarks/ckd_losses.py``). Backward also allocates the student gradients, B*L*D per hidden state.
 
 =====================  ===========================  ==============================================
 loss                   dominant tensors             elements (approx.)
@@ -53,7 +54,7 @@ LTR triple             angle over layer triples     ~8 x B*L*M^3        + B*L*M*
 =====================  ===========================  ==============================================
 
 At B=32, L=128 one B*L^3 float32 tensor is 268 MB, so the unchunked full-triple WR needs several GB
-per matched layer; the default ``anchor_chunk`` bounds one chunk to ~2^24 elements (64 MB per
+per matched layer; the default ``anchor_chunk`` bounds one chunk to ~2^21 elements (8 MB per
 intermediate). With w = 21 one B*L*w^2 tensor is 7 MB. None of the forms has a term in B*L*L*D:
 no [B, L, L, D] difference tensor is ever built.
 """
@@ -73,7 +74,7 @@ from raykd.losses.kd import uniform_layer_map
 
 EPS = 1e-12  # floor under squared norms / squared distances before sqrt
 NEG = -1e9  # finite "minus infinity" for masked softmax entries (no NaN on all-masked rows)
-CHUNK_ELEMENTS = 2**24  # default bound on N * c * K * K per anchor chunk of the triple-wise relation
+CHUNK_ELEMENTS = 2**21  # default bound on N * c * K * K per anchor chunk (8 MB float32; measured faster than larger chunks on CPU)
 
 PAIR_FORMS = ("cosine_kl", "distance")
 CRITERIA = ("mse", "huber")
@@ -209,7 +210,7 @@ def triple_angle(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over valid triples (distinct valid i, j, k; j, k in the window of i) of crit(psi_s, psi_t).
 
-    Anchors are processed in chunks of ``anchor_chunk`` (default: ~2^24 elements per chunk); with more
+    Anchors are processed in chunks of ``anchor_chunk`` (default: ~2^21 elements per chunk); with more
     than one chunk each chunk is recomputed in backward (activation checkpointing) so only one chunk's
     [N, c, K, K] intermediates are alive at a time. Returns (sum, number of valid triples).
     """

@@ -132,7 +132,7 @@ def train_one(settings: RLSettings, mode: Mode, seed: int, out_dir: Path,
     start, start_steps = time.perf_counter(), None
     while steps < budget:
         result = algo.train()
-        new = _curve_records(result, mode, seed, algo.iteration, time.perf_counter() - start)
+        new = _curve_records(result, mode, seed, algo.iteration, time.perf_counter() - t0)
         records += new
         steps = min(r["steps"] for r in new)
         if start_steps is None:  # throughput is timed after the first (warm-up) iteration

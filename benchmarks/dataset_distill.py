@@ -1,0 +1,119 @@
+"""Dataset distillation with learned soft labels: accuracy of networks trained only on the distilled
+set, against the hard-label variant and random real samples, plus time per outer iteration.
+
+Settings come from configs/dd_mnist_10.yaml, configs/dd_mnist_5.yaml and configs/dd_movie_reviews.yaml
+(their ``dataset_distill`` sections), with the init regime and the number of outer iterations set per row
+below so the whole benchmark fits ~35 minutes of a 2-core CPU. Every row runs through
+``raykd.distill.dataset.run`` (Ray Train distillation, Ray-task evaluation, results rows).
+
+Columns: soft / hard = accuracy of LeNet-5 (text: text CNN) trained only on the distilled set, for the
+fixed init on that init, for the random-init regime mean +- std over ``eval_inits`` unseen inits;
+random real = the same number of random real training samples with hard labels (Adam, full batch,
+mean +- std over draws); full = the learner trained on the whole train split (Adam, 2 epochs).
+
+Run (CPU, shared machine):
+    flock /tmp/raykd-heavy.lock env OMP_NUM_THREADS=2 python benchmarks/dataset_distill.py
+    python benchmarks/dataset_distill.py --quick      # a few minutes, same rows, far fewer iterations
+Writes benchmarks/out/dataset_distill.json (all rows) and benchmarks/dataset_distill_summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import ray
+import torch
+import yaml
+
+from raykd.distill.dataset import DatasetDistillSettings, run
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parent / "configs"
+
+# (label, config file, overrides); outer iterations chosen for the ~35 min budget
+ROWS = [
+    ("MNIST, 10 images, fixed init", "dd_mnist_10.yaml", {"init": "fixed"}),
+    ("MNIST, 5 images, fixed init", "dd_mnist_5.yaml", {"init": "fixed"}),
+    ("MNIST, 10 images, random init", "dd_mnist_10.yaml", {"init": "random", "outer_iterations": 300}),
+    ("MNIST, 5 images, random init", "dd_mnist_5.yaml", {"init": "random", "outer_iterations": 300}),
+    ("movie_reviews, 20 sentences, fixed init", "dd_movie_reviews.yaml", {}),
+]
+
+
+def settings_for(config: str, overrides: dict, quick: bool) -> DatasetDistillSettings:
+    section = yaml.safe_load((CONFIGS / config).read_text())["dataset_distill"]
+    section.update(overrides)
+    if quick:
+        section.update({"outer_iterations": max(20, section.get("outer_iterations", 1000) // 20), "eval_inits": 3})
+    section["log_every"] = max(10, section.get("outer_iterations", 1000) // 10)
+    return DatasetDistillSettings(**section)
+
+
+def fmt(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    extra = json.loads(row["extra"])
+    if "own_init_acc" in extra:
+        return f"{100 * row['accuracy']:.1f}"
+    return f"{100 * row['accuracy']:.1f} +- {100 * extra['unseen_init_acc_std']:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1/20 of the outer iterations (a check that it runs)")
+    ap.add_argument("--out", default=str(HERE / "out" / "dataset_distill"))
+    ap.add_argument("--only", default=None, help="run only rows whose label contains this text")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    out = Path(args.out)
+    table, all_rows = [], []
+    t_bench = time.time()
+    for i, (label, config, overrides) in enumerate(ROWS):
+        if args.only and args.only not in label:
+            continue
+        settings = settings_for(config, overrides, args.quick)
+        t0 = time.time()
+        df = run(settings, out / f"row{i}")
+        total = time.time() - t0
+        rows = {r["method"]: r for r in df.to_dict("records")}
+        soft = rows.get("dataset_distill[soft]")
+        extra = json.loads(soft["extra"])
+        hard_extra = json.loads(rows["dataset_distill[hard]"]["extra"]) if "dataset_distill[hard]" in rows else {}
+        table.append({
+            "setting": label, "samples": extra["samples"], "outer_iterations": settings.outer_iterations,
+            "steps_x_epochs": f"{settings.steps}x{settings.epochs}",
+            "soft": fmt(soft), "hard": fmt(rows.get("dataset_distill[hard]")), "random_real": fmt(rows.get("random_real")),
+            "full_train_set": f"{100 * soft['teacher_accuracy']:.1f}" if soft["teacher_accuracy"] else "-",
+            "soft_unseen_inits": f"{100 * extra['unseen_init_acc_mean']:.1f} +- {100 * extra['unseen_init_acc_std']:.1f}",
+            "sec_per_outer_iter_soft": round(extra["sec_per_outer_iter"], 3),
+            "sec_per_outer_iter_hard": round(hard_extra.get("sec_per_outer_iter", float("nan")), 3),
+            "distill_time_soft_s": round(extra["distill_time_s"], 1), "total_time_s": round(total, 1),
+        })
+        all_rows += df.to_dict("records")
+        print(f"[benchmark] {label}: {table[-1]}", flush=True)
+    ray.shutdown()
+
+    cols = ["setting", "outer_iterations", "soft", "hard", "random_real", "full_train_set", "soft_unseen_inits",
+            "sec_per_outer_iter_soft", "distill_time_soft_s", "total_time_s"]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in table:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print(f"\nbenchmark wall time: {time.time() - t_bench:.0f} s on {platform.processor() or platform.machine()}, "
+          f"torch threads {torch.get_num_threads()}")
+    meta = {"quick": args.quick, "wall_time_s": time.time() - t_bench, "machine": platform.platform(),
+            "torch": torch.__version__, "ray": ray.__version__}
+    out.mkdir(parents=True, exist_ok=True)
+    (out.parent / "dataset_distill.json").write_text(json.dumps({"meta": meta, "table": table, "rows": all_rows},
+                                                                indent=1, default=str))
+    if not args.quick and not args.only:
+        (HERE / "dataset_distill_summary.json").write_text(json.dumps({"meta": meta, "table": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""DynaBERT on movie_reviews: every (width, depth) sub-network of one adaptive MiniLM, trained with
+DynaBERT's own objective (logits + hidden MSE) vs the CKD objective (KD + WR + LTR).
+
+Both runs start from the same rewired teacher (same importance batches), train on the same subset
+for the same budget on the Ray Train engine, and evaluate every sub-network on the same test split.
+Each sub-network is a results row with its own parameters and distillation metric DS (a = 0.5, size
+by parameters; lower is better).
+
+Run (about 20-25 minutes on 2 CPU cores once the teacher is cached):
+    flock /tmp/raykd-heavy.lock python benchmarks/dynabert.py
+Writes benchmarks/out/dynabert/ (results table, plots), benchmarks/out/dynabert.json and the small
+benchmarks/dynabert_summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", nargs="+", type=float, default=[0.25, 0.5, 1.0])
+    p.add_argument("--depths", nargs="+", type=float, default=[0.5, 1.0])
+    p.add_argument("--losses", nargs="+", choices=["dynabert", "ckd"], default=["dynabert", "ckd"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--train-subset", type=int, default=800)
+    p.add_argument("--test-subset", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--out", default=str(HERE / "out" / "dynabert"))
+    args = p.parse_args()
+
+    import ray
+
+    from raykd.distill.dynabert import DynaBertSettings, run
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    out = Path(args.out)
+    frames, t_start = [], time.time()
+    for loss in args.losses:
+        settings = DynaBertSettings.model_validate({
+            "data": {"name": "movie_reviews", "max_length": 32, "train_subset": args.train_subset, "test_subset": args.test_subset},
+            "widths": args.widths, "depths": args.depths, "loss": loss, "seeds": args.seeds,
+            "train": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr, "optimizer": "adamw",
+                      "schedule": "linear", "warmup_fraction": 0.1}})
+        frames.append(run(settings, out / loss, name=f"dynabert-{loss}"))
+    ray.shutdown()
+
+    import pandas as pd
+
+    df = pd.concat(frames, ignore_index=True)
+    subs = df[df["method"] != "teacher"].copy()
+    subs["width"] = subs["extra"].map(lambda e: json.loads(e)["width"])
+    subs["depth"] = subs["extra"].map(lambda e: json.loads(e)["depth"])
+    grid = subs.groupby(["width", "depth", "method"]).agg(params=("params", "first"), accuracy=("accuracy", "mean"),
+                                                          std=("accuracy", "std"), ds=("ds", "mean")).reset_index()
+    teacher = df[df["method"] == "teacher"].iloc[0]
+    print(f"\nmovie_reviews, teacher minilm-l6 {int(teacher['params']):,} params, test accuracy "
+          f"{teacher['accuracy']:.4f} (test subset {args.test_subset}); adaptive training on {args.train_subset} "
+          f"sentences, {args.epochs} epoch(s), seeds {args.seeds}")
+    print(f"{'width':>5s} {'depth':>5s} {'params':>11s} | {'DynaBERT loss':>13s} {'DS':>7s} | {'CKD loss':>9s} {'DS':>7s}")
+    rows = []
+    for (w, d), g in grid.groupby(["width", "depth"]):
+        r = {"width": w, "depth": d, "params": int(g["params"].iloc[0])}
+        for m in ("dynabert-dynabert", "dynabert-ckd"):
+            gm = g[g["method"] == m]
+            if len(gm):
+                key = m.split("-")[1]
+                r[f"{key}_accuracy"], r[f"{key}_ds"] = float(gm["accuracy"].iloc[0]), float(gm["ds"].iloc[0])
+        rows.append(r)
+        print(f"{w:5.2f} {d:5.2f} {r['params']:11,d} | {r.get('dynabert_accuracy', float('nan')):13.4f} "
+              f"{r.get('dynabert_ds', float('nan')):7.4f} | {r.get('ckd_accuracy', float('nan')):9.4f} {r.get('ckd_ds', float('nan')):7.4f}")
+    result = {"benchmark": "dynabert", "dataset": "movie_reviews", "teacher": "minilm-l6",
+              "teacher_accuracy": float(teacher["accuracy"]), "teacher_params": int(teacher["params"]),
+              "train_subset": args.train_subset, "test_subset": args.test_subset, "epochs": args.epochs,
+              "seeds": args.seeds, "rows": rows, "wall_s": time.time() - t_start}
+    (HERE / "out").mkdir(parents=True, exist_ok=True)
+    (HERE / "out" / "dynabert.json").write_text(json.dumps(result, indent=2))
+    (HERE / "dynabert_summary.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {HERE / 'out' / 'dynabert.json'}")
+
+
+if __name__ == "__main__":
+    main()

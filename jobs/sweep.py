@@ -1,0 +1,16 @@
+"""Ray job entry point: a Ray Tune sweep over a config's search space (raykd sweep).
+
+    ray job submit --working-dir . -- python jobs/sweep.py --config configs/<file>.yaml [--set key=value ...]
+
+Runs `raykd sweep CONFIG` on the cluster (the uploaded copy of this repository) and exits with its status.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working_dir (this repo) comes first
+
+from jobs._entry import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main("sweep", "a Ray Tune sweep over a config's search space (raykd sweep)."))

@@ -1,0 +1,140 @@
+"""Teacher-output cache: a frozen teacher on fixed (non-augmented) data gives the same outputs in
+every trial and every epoch, so compute them once per key and let every run read them.
+
+Key = sha256 of (teacher weights file, teacher architecture, dataset fingerprint, the input
+transform (tokeniser length / image normalisation code), which outputs are kept). A changed teacher
+checkpoint or dataset gives a new key. Outputs are computed by the teacher-inference actor pool
+(Ray Data ``map_batches``), stored under ``$RAYKD_HOME/teacher_outputs/<key>/`` as fp16 arrays
+(logits, and the hidden states when a loss needs them), and handed to the training workers through
+the object store. Outputs larger than ``engine.teacher_cache_max_gb`` are not kept: the run says so
+and computes the teacher online instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from raykd.data.artifacts import sha256_file
+from raykd.distill.base import TaskSpec, build_method
+from raykd.paths import cache_dir
+
+_REFS: dict[str, "ray.ObjectRef"] = {}
+
+
+def _transform_fingerprint(task: TaskSpec) -> str:
+    from raykd.distill import base
+
+    return hashlib.sha256(inspect.getsource(base.ClassifyMethod.batch).encode()
+                          + inspect.getsource(base.ClassifyMethod.load_split).encode()).hexdigest()[:12]
+
+
+def cache_key(task: TaskSpec, keep_hidden: bool) -> str:
+    from raykd.distill.kd import dataset_fingerprint
+
+    weights = task.teacher.get("weights")
+    blob = {
+        "teacher": {"name": task.teacher["name"], "args": task.teacher.get("args", {}),
+                    "weights_sha256": sha256_file(Path(weights)) if weights else None},
+        "data": dataset_fingerprint(task.dataset),
+        "transform": _transform_fingerprint(task),
+        "hidden": keep_hidden,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _needs_hidden(task: TaskSpec) -> bool:
+    from raykd.engine.teacher_pool import teacher_needs
+
+    return "hidden_states" in teacher_needs(task)
+
+
+def estimate_bytes(task: TaskSpec, n: int, num_classes: int) -> int:
+    per = num_classes
+    if _needs_hidden(task):
+        ctx = build_method(task).teacher_context()
+        per += (ctx.get("teacher_layers", 0) + 1) * int(task.dataset.get("max_length", 64)) * ctx.get("teacher_hidden", 0)
+    return 2 * n * per
+
+
+def build(task: TaskSpec, engine: dict, use_gpu: bool, directory: Path) -> None:
+    """Run the teacher once over the training split with the actor pool and store the outputs."""
+    from raykd.engine.teacher_pool import TeacherInference
+
+    method = build_method(task)
+    n = len(method.load_split("train")["label"])
+    bs = int(task.train.get("batch_size", 128)) * 4
+    ds = ray.data.range(n).map_batches(
+        TeacherInference, fn_constructor_kwargs={"task": task, "max_length": task.dataset.get("max_length")},
+        batch_size=bs, concurrency=int(engine.get("teacher_actors", 1)),
+        num_cpus=float(engine.get("teacher_cpus", 1.0)), num_gpus=float(engine.get("teacher_gpus", 0.25)) if use_gpu else 0)
+    logits, hidden, seen = None, None, 0
+    for b in ds.iter_batches(batch_size=bs, batch_format="numpy"):
+        idx = b["id"]
+        if logits is None:
+            logits = np.zeros((n, b["t_logits"].shape[1]), np.float16)
+            if "t_hidden" in b:
+                hidden = np.lib.format.open_memmap(directory / ".hidden.tmp.npy", "w+", np.float16, (n, *b["t_hidden"].shape[1:]))
+        logits[idx] = b["t_logits"]
+        if hidden is not None:
+            hidden[idx] = b["t_hidden"]
+        seen += len(idx)
+        if seen % (bs * 20) < len(idx):
+            print(f"[raykd] teacher-output cache: {seen:,}/{n:,} examples", flush=True)
+    np.save(directory / ".logits.tmp.npy", logits)
+    os.replace(directory / ".logits.tmp.npy", directory / "logits.npy")
+    if hidden is not None:
+        hidden.flush()
+        del hidden
+        os.replace(directory / ".hidden.tmp.npy", directory / "hidden.npy")
+    ctx = method.teacher_context()
+    (directory / "meta.json").write_text(json.dumps({"examples": n, "teacher_forward_examples": seen,
+                                                    "context": ctx, "teacher": task.teacher["name"]}))
+
+
+def get_or_build(task: TaskSpec, engine: dict, use_gpu: bool = False) -> "ray.ObjectRef | None":
+    """An object-store reference to the cached outputs (building them once), or None to go online."""
+    keep_hidden = _needs_hidden(task)
+    key = cache_key(task, keep_hidden)
+    if key in _REFS:
+        return _REFS[key]
+    directory = cache_dir("teacher_outputs", key)
+    if not (directory / "meta.json").exists():
+        method = build_method(task)
+        n = len(method.load_split("train")["label"])
+        need = estimate_bytes(task, n, method.num_classes)
+        limit = float(engine.get("teacher_cache_max_gb", 4.0)) * 2**30
+        if need > limit:
+            print(f"[raykd] teacher-output cache: {need / 2**30:.1f} GiB of outputs exceed "
+                  f"engine.teacher_cache_max_gb={limit / 2**30:g}; computing the teacher online instead", flush=True)
+            return None
+        print(f"[raykd] teacher-output cache: computing {n:,} teacher outputs once ({need / 2**20:.0f} MiB, key {key})", flush=True)
+        build(task, engine, use_gpu, directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    payload = {"logits": np.load(directory / "logits.npy"), "context": meta["context"], "key": key}
+    if (directory / "hidden.npy").exists():
+        payload["hidden"] = np.load(directory / "hidden.npy", mmap_mode="r")
+    _REFS[key] = ray.put(payload)
+    return _REFS[key]
+
+
+def built_examples(task: TaskSpec) -> int:
+    """Teacher forward examples spent building this task's cache entry (0 if not built)."""
+    d = cache_dir("teacher_outputs", cache_key(task, _needs_hidden(task)))
+    return json.loads((d / "meta.json").read_text())["teacher_forward_examples"] if (d / "meta.json").exists() else 0
+
+
+def lookup(cached: dict, idx: np.ndarray, batch: dict) -> dict:
+    out = {"logits": torch.from_numpy(np.asarray(cached["logits"][idx], dtype=np.float32))}
+    if "hidden" in cached:
+        L = batch["input_ids"].shape[1]
+        h = torch.from_numpy(np.asarray(cached["hidden"][idx][:, :, :L], dtype=np.float32))
+        out["hidden_states"] = tuple(h[:, j] for j in range(h.shape[1]))
+    return out

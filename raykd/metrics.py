@@ -1,0 +1,134 @@
+"""Classifier quality in one place: accuracy, negative log-likelihood, expected calibration error
+(with its reliability diagram) and the predictive diversity of a (teacher's) predictions.
+
+All functions take logits or probabilities as numpy arrays or torch tensors, ``[N, K]``, and integer
+labels ``[N]``.
+
+* ECE (Guo et al. 2017): split predictions into ``n_bins`` equal-width confidence bins (confidence =
+  max_k p_k); ECE = sum_b (n_b / N) * |acc_b - conf_b|.
+* Diversity (Zhang & Sabuncu 2020 tie self-distillation gains to it): how much a model's predictions
+  vary beyond the arg-max -- the mean entropy H(p), and how unevenly each prediction spreads its
+  non-target mass: the per-sample standard deviation of p over the K-1 non-target classes after
+  renormalising them to sum to 1 (0 when that mass is uniform, as in label smoothing), averaged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def softmax(logits) -> np.ndarray:
+    z = _np(logits).astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def accuracy(probs, labels) -> float:
+    """Fraction of arg-max predictions equal to the label (logits work too)."""
+    return float((_np(probs).argmax(1) == _np(labels)).mean())
+
+
+def nll(probs, labels, eps: float = 1e-12) -> float:
+    """Mean -log p(y|x) from probabilities."""
+    p, y = _np(probs).astype(np.float64), _np(labels).astype(np.int64)
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], eps, 1.0)).mean())
+
+
+def reliability_bins(probs, labels, n_bins: int = 15) -> dict[str, list[float]]:
+    """Per confidence bin ``(i/n, (i+1)/n]``: sample count, accuracy and mean confidence."""
+    p, y = _np(probs), _np(labels)
+    conf = p.max(1)
+    correct = (p.argmax(1) == y).astype(np.float64)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    acc = np.bincount(idx, weights=correct, minlength=n_bins) / np.maximum(count, 1)
+    mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / np.maximum(count, 1)
+    return {"count": count.tolist(), "accuracy": acc.tolist(), "confidence": mean_conf.tolist()}
+
+
+def ece_from_bins(bins: dict[str, list[float]]) -> float:
+    """ECE = sum_b (n_b / N) |acc_b - conf_b|."""
+    count = np.asarray(bins["count"])
+    gap = np.abs(np.asarray(bins["accuracy"]) - np.asarray(bins["confidence"]))
+    return float((count * gap).sum() / max(count.sum(), 1.0))
+
+
+def ece(probs, labels, n_bins: int = 15) -> float:
+    """Expected calibration error with ``n_bins`` equal-width confidence bins."""
+    return ece_from_bins(reliability_bins(probs, labels, n_bins))
+
+
+def predictive_diversity(probs, labels) -> dict[str, float]:
+    """Mean entropy, spread of the non-target probabilities, and spread of p(y|x) over samples."""
+    p, y = _np(probs).astype(np.float64), _np(labels).astype(np.int64)
+    n, k = p.shape
+    ent = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(1)
+    p_true = p[np.arange(n), y]
+    mask = np.ones_like(p, dtype=bool)
+    mask[np.arange(n), y] = False
+    others = p[mask].reshape(n, k - 1)
+    others = others / np.clip(others.sum(1, keepdims=True), 1e-12, None)  # renormalised non-target mass
+    return {"mean_entropy": float(ent.mean()), "nontarget_std": float(others.std(1).mean()),
+            "true_prob_mean": float(p_true.mean()), "true_prob_std": float(p_true.std())}
+
+
+def classification_metrics(logits, labels, n_bins: int = 15) -> dict:
+    """Accuracy, NLL, ECE, reliability bins and diversity of one model's predictions."""
+    p = softmax(logits)
+    bins = reliability_bins(p, labels, n_bins)
+    return {"accuracy": accuracy(p, labels), "nll": nll(p, labels), "ece": ece_from_bins(bins),
+            "reliability": bins, **predictive_diversity(p, labels)}
+
+
+def pool_bins(all_bins: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Merge reliability bins of several runs (e.g. seeds) into one, weighting by counts."""
+    count = np.sum([b["count"] for b in all_bins], axis=0)
+    acc = np.sum([np.asarray(b["accuracy"]) * b["count"] for b in all_bins], axis=0) / np.maximum(count, 1)
+    conf = np.sum([np.asarray(b["confidence"]) * b["count"] for b in all_bins], axis=0) / np.maximum(count, 1)
+    return {"count": count.tolist(), "accuracy": acc.tolist(), "confidence": conf.tolist()}
+
+
+def plot_reliability(bins_by_name: dict[str, dict[str, list[float]]], path: str | Path, title: str = "") -> Path:
+    """One reliability diagram per entry (accuracy per confidence bin against the diagonal) in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(bins_by_name)
+    cols = min(4, max(1, len(names)))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        b = bins_by_name[name]
+        n_bins = len(b["count"])
+        centers = (np.arange(n_bins) + 0.5) / n_bins
+        has = np.asarray(b["count"]) > 0
+        ax.bar(centers[has], np.asarray(b["accuracy"])[has], width=1.0 / n_bins, edgecolor="k", alpha=0.7, label="accuracy")
+        ax.bar(centers[has], (np.asarray(b["confidence"]) - np.asarray(b["accuracy"]))[has], bottom=np.asarray(b["accuracy"])[has],
+               width=1.0 / n_bins, color="tab:red", alpha=0.3, label="gap")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set_title(f"{name}\nECE {ece_from_bins(b):.3f}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

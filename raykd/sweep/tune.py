@@ -1,0 +1,257 @@
+"""``raykd sweep CONFIG``: a Ray Tune search over any fields of a distillation config.
+
+The config is a normal ``method: kd`` config plus a ``sweep:`` section::
+
+    sweep:
+      metric: ds            # or accuracy
+      num_samples: 1        # repeats of the grid / samples drawn by the searcher
+      search: basic         # basic (grid + random) | optuna
+      scheduler: asha       # or none
+      space:
+        train.lr: {loguniform: [0.001, 0.02]}
+        losses.0.temperature: {choice: [2, 4, 8]}
+        student.args.widths: {grid: [[4, 8], [8, 16]]}   # architecture axes
+        student: {grid: [{name: cnn, args: {...}}, {name: lenet5}]}
+
+Each trial trains one student (``student`` defaults to ``students[0]``) with a ``TorchTrainer`` (one
+Tune trial may use several Train workers); per-epoch metrics, DS included, reach Tune through
+``TuneReportCallback`` so ASHA can stop poor trials early. The teacher is trained (or read from the
+cache) once before the search; with ``engine.teacher_cache`` its outputs are computed once too.
+Every finished trial writes its results row keyed by trial id (a retried or resumed trial leaves
+one row); at the end the leaderboard and plots are drawn. ``--resume RUN_DIR`` continues an
+interrupted sweep with ``Tuner.restore``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from raykd.config import parse_config
+from raykd.errors import UserError
+
+TRIAL_DRIVER_CPU = 0.01
+SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
+
+
+def to_tune(key: str, spec: Any):
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
+        raise UserError(f"sweep.space.{key}: expected one of {{{', '.join(SPACE_KINDS)}: ...}}, got {spec!r}")
+    kind, v = next(iter(spec.items()))
+    try:
+        if kind == "grid":
+            return tune.grid_search(list(v))
+        if kind == "choice":
+            return tune.choice(list(v))
+        if kind == "uniform":
+            return tune.uniform(float(v[0]), float(v[1]))
+        if kind == "loguniform":
+            return tune.loguniform(float(v[0]), float(v[1]))
+        if kind == "randint":
+            return tune.randint(int(v[0]), int(v[1]))
+        return tune.quniform(float(v[0]), float(v[1]), float(v[2]))
+    except (TypeError, ValueError, IndexError) as e:
+        raise UserError(f"sweep.space.{key}: bad {kind} values {v!r} ({e})") from None
+
+
+def trial_config(base: dict, sampled: dict) -> dict:
+    """The base config with one trial's sampled values set (``student...`` keys edit students[0])."""
+    from raykd.config import _set_dotted
+
+    cfg = copy.deepcopy(base)
+    cfg.pop("sweep", None)
+    cfg["students"] = [cfg.get("students", [{}])[0] if cfg.get("students") else {"name": "cnn"}]
+    for key, value in sampled.items():
+        try:
+            if key == "student":
+                cfg["students"] = [value]
+            elif key.startswith("student."):
+                _set_dotted(cfg["students"][0], key[len("student."):], value)
+            else:
+                _set_dotted(cfg, key, value)
+        except (IndexError, KeyError, TypeError, ValueError):
+            raise UserError(f"sweep.space.{key}: no such field in this config") from None
+    return cfg
+
+
+def _display(spec: dict) -> str:
+    from raykd.config import ModelSpec
+
+    return ModelSpec.model_validate(spec).display
+
+
+def validate_space(base: dict, space: dict) -> dict:
+    """Turn the YAML space into Tune's, checking that every trial config would validate."""
+    out = {}
+    for key, spec in space.items():
+        out[key] = to_tune(key, spec)
+        kind, values = next(iter(spec.items()))
+        probes = values if kind in ("grid", "choice") else [values[0]]
+        for v in probes:
+            try:
+                parse_config(trial_config(base, {key: v}), f"sweep.space.{key}={v!r}")
+            except UserError as e:
+                raise UserError(str(e)) from None
+    return out
+
+
+def _run_trial(config: dict) -> None:
+    """One Tune trial: train the student of this trial's config on Ray Train and write its row."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raykd.distill.base import TaskSpec, build_method
+    from raykd.distill.kd import save_student
+    from raykd.engine.checkpoint import load_weights
+    from raykd.engine.trainer import fit
+    from raykd.models.size import size_report
+    from raykd.results import append_rows, config_hash, make_row
+
+    ctx = config["_ctx"]
+    sampled = {k: v for k, v in config.items() if k != "_ctx"}
+    cfg = parse_config(trial_config(ctx["base"], sampled))
+    trial_id = tune.get_context().get_trial_id()
+    spec = cfg.students[0]
+    task = TaskSpec(dataset=cfg.data.model_dump(), student={"name": spec.name, "args": spec.args},
+                    teacher={"name": cfg.teacher.name, "args": cfg.teacher.args, "weights": ctx["teacher_weights"]},
+                    losses=[l.as_dict() for l in cfg.losses], train=cfg.train.model_dump() | {"seed": cfg.train.seed + cfg.seed})
+    method = build_method(task)
+    student = method.build_student()
+    example = method.example_input(method.load_split("test"))
+    s_size = size_report(student, example, latency=False)
+    t_size = ctx["teacher_size"]
+    size_key = cfg.metric.size
+    ds_ref = {"size_s": s_size[size_key], "size_t": t_size[size_key], "acc_t": ctx["teacher_accuracy"], "a": cfg.metric.a}
+    t0 = time.time()
+    result = fit(task, cfg.engine.model_dump(), f"trial-{trial_id}", ctx["storage"], label=f"trial {trial_id} {spec.display}",
+                 extra_config={"ds_ref": ds_ref}, callbacks=[TuneReportCallback()])
+    with result.checkpoint.as_directory() as d:
+        load_weights(student, Path(d) / "model.safetensors")
+    save_student(student, Path(ctx["out"]) / "students" / trial_id, method.is_text(method.load_split("test")))
+    m = result.metrics
+    row = make_row(method=ctx["method_label"], dataset=cfg.data.name, teacher=cfg.teacher.display, student=spec.display,
+                   params=s_size["params"], bytes=s_size["bytes"], macs=s_size["macs"], accuracy=m["accuracy"],
+                   teacher_params=t_size["params"], teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"],
+                   teacher_accuracy=ctx["teacher_accuracy"], a=cfg.metric.a, size=size_key, wall_time_s=time.time() - t0,
+                   seed=task.train["seed"], cfg_hash=config_hash(cfg.model_dump()), run_id=f"{ctx['sweep_id']}/{trial_id}",
+                   extra={"trial_id": trial_id, "sampled": sampled, "epochs": m.get("epoch"),
+                          "teacher_forward_examples": None if result.metrics_dataframe is None else
+                          float(result.metrics_dataframe.get("teacher_forward_examples", [0]).sum())})
+    append_rows(ctx["out"], [row], replace_run_ids=True)
+
+
+def _searcher(sweep: dict, metric: str, mode: str):
+    if sweep.get("search", "basic") == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=metric, mode=mode)
+    return None
+
+
+def _scheduler(sweep: dict, metric: str, mode: str, max_t: int):
+    if sweep.get("scheduler", "none") == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(metric=metric, mode=mode, time_attr="epoch", max_t=max_t,
+                             grace_period=int(sweep.get("grace_period", 1)), reduction_factor=int(sweep.get("reduction_factor", 2)))
+    return None
+
+
+def max_concurrent(cfg) -> int:
+    """Trials that fit the cluster at once: CPUs (or GPUs) / what one trial's workers take."""
+    res = ray.cluster_resources()
+    per_trial = cfg.engine.num_workers * cfg.engine.cpus_per_worker + TRIAL_DRIVER_CPU
+    return max(1, int(math.floor(res.get("CPU", 1) / per_trial)))
+
+
+def sweep(cfg, resume: str | None = None):
+    """Run (or resume) the sweep declared in ``cfg.sweep``; returns the results table."""
+    from raykd.distill.base import TaskSpec, build_method
+    from raykd.distill.kd import ensure_teacher, teacher_task
+    from raykd.engine.checkpoint import load_weights
+    from raykd.models.size import size_report
+    from raykd.report import report
+    from raykd.results import read_results
+
+    if cfg.sweep is None:
+        raise UserError("sweep: this config has no `sweep:` section with a search space")
+    sw = cfg.sweep
+    out = Path(resume or cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    storage = out / "ray"
+    base = cfg.model_dump()
+    space = validate_space(base, sw.space)
+    teacher = ensure_teacher(cfg, storage)
+    tm = build_method(teacher_task(cfg))
+    t_model = load_weights(tm.build_student(), teacher["weights"])
+    t_size = size_report(t_model, tm.example_input(tm.load_split("test")), latency=False)
+    if cfg.engine.teacher_cache:
+        from raykd.engine.teacher_cache import get_or_build
+
+        spec = cfg.students[0]
+        get_or_build(TaskSpec(dataset=cfg.data.model_dump(), student={"name": spec.name, "args": spec.args},
+                              teacher={"name": cfg.teacher.name, "args": cfg.teacher.args, "weights": teacher["weights"]},
+                              losses=[l.as_dict() for l in cfg.losses], train=cfg.train.model_dump()), cfg.engine.model_dump())
+    state_file = out / "sweep.json"
+    sweep_id = json.loads(state_file.read_text())["sweep_id"] if state_file.exists() else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    state_file.write_text(json.dumps({"sweep_id": sweep_id, "config": base}, default=str))
+    ctx = {"base": base, "teacher_weights": teacher["weights"], "teacher_accuracy": teacher["accuracy"], "teacher_size": t_size,
+           "storage": str(storage), "out": str(out), "sweep_id": sweep_id, "method_label": sw.label}
+    metric, mode = sw.metric, ("min" if sw.metric == "ds" else "max")
+    # the trial itself only drives a TorchTrainer (whose workers request their own resources)
+    trainable = tune.with_resources(_run_trial, {"CPU": TRIAL_DRIVER_CPU})
+    tune_dir = out / "tune"
+    if resume:
+        if not (tune_dir / cfg.name).exists():
+            raise UserError(f"--resume {resume}: no interrupted sweep here (expected {tune_dir / cfg.name})")
+        print(f"[raykd] resuming sweep {sweep_id} from {tune_dir / cfg.name}", flush=True)
+        tuner = tune.Tuner.restore(str(tune_dir / cfg.name), trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space={**space, "_ctx": ctx})
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={**space, "_ctx": ctx},
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=sw.num_samples,
+                                        search_alg=_searcher(sw.model_dump(), metric, mode),
+                                        scheduler=_scheduler(sw.model_dump(), metric, mode, cfg.train.epochs),
+                                        max_concurrent_trials=sw.max_concurrent_trials or max_concurrent(cfg)),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=str(tune_dir),
+                                      failure_config=tune.FailureConfig(max_failures=sw.max_failures)))
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    df = read_results(out)
+    df = df[df["run_id"].str.startswith(f"{sweep_id}/")]
+    print(f"[raykd] sweep {sweep_id}: {len(df)} trials with results, {len(errors)} errored", flush=True)
+    report(out, df=df, a=cfg.metric.a, size=cfg.metric.size)
+    return df
+
+
+def add_subparser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a Ray Tune sweep declared in a config's `sweep:` section")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep in RUN_DIR")
+    p.set_defaults(fn=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from raykd.cli import init_ray
+    from raykd.config import load_config, parse_config as _parse
+
+    if args.resume and not args.config:
+        state = Path(args.resume) / "sweep.json"
+        if not state.exists():
+            raise UserError(f"--resume {args.resume}: no sweep.json here; pass the run directory of a sweep")
+        cfg = _parse(json.loads(state.read_text())["config"], str(state))
+    elif args.config:
+        cfg = load_config(args.config, args.set)
+    else:
+        raise UserError("sweep: give a CONFIG or --resume RUN_DIR")
+    init_ray(cfg.ray)
+    sweep(cfg, resume=args.resume)
+    return 0

@@ -1,0 +1,83 @@
+"""The distillation metric, leaderboard re-ranking and the results table."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raykd.results import append_rows, make_row, read_results
+from raykd.sweep.metric import distillation_score, ds_column, leaderboard, pareto_front
+
+
+@pytest.mark.parametrize("size_s, size_t, acc_s, acc_t, a, expected", [
+    (10, 100, 0.9, 1.0, 0.5, 0.5 * 0.1 + 0.5 * 0.1),           # 0.1
+    (25, 100, 0.8, 0.9, 0.3, 0.3 * 0.25 + 0.7 * (1 - 0.8 / 0.9)),
+    (50, 100, 0.99, 0.99, 1.0, 0.5),                           # a=1: size only
+    (50, 100, 0.5, 1.0, 0.0, 0.5),                             # a=0: accuracy only
+    (100, 100, 1.0, 1.0, 0.5, 0.5),                            # teacher against itself
+])
+def test_ds_hand_computed(size_s, size_t, acc_s, acc_t, a, expected):
+    assert distillation_score(size_s, size_t, acc_s, acc_t, a) == pytest.approx(expected, abs=1e-12)
+
+
+def test_ds_properties():
+    # ideal: free student matching the teacher -> approaches 0
+    assert distillation_score(1e-9, 1.0, 0.9, 0.9, 0.5) == pytest.approx(0.0, abs=1e-8)
+    # negative when the student beats the teacher and size weighs nothing
+    assert distillation_score(10, 100, 0.95, 0.9, 0.0) < 0
+    # lower is better: same size, higher accuracy -> lower DS
+    assert distillation_score(10, 100, 0.95, 0.97, 0.5) < distillation_score(10, 100, 0.90, 0.97, 0.5)
+
+
+@pytest.mark.parametrize("args", [
+    (0, 100, 0.9, 0.9, 0.5), (10, 0, 0.9, 0.9, 0.5), (-1, 10, 0.9, 0.9, 0.5),
+    (10, 100, 1.2, 0.9, 0.5), (10, 100, 0.9, 0.0, 0.5), (10, 100, 0.9, 1.1, 0.5),
+    (10, 100, 0.9, 0.9, -0.1), (10, 100, 0.9, 0.9, 1.1), (10, 100, 0.9, 0.9, float("nan")),
+])
+def test_ds_rejects_bad_inputs(args):
+    with pytest.raises(ValueError):
+        distillation_score(*args)
+
+
+def _table() -> pd.DataFrame:
+    rows = [make_row(method="kd", dataset="mnist", student=name, params=p, accuracy=acc, teacher="T",
+                     teacher_params=1000, teacher_accuracy=0.99, a=0.5)
+            for name, p, acc in [("big", 800, 0.985), ("mid", 200, 0.975), ("small", 20, 0.90), ("bad", 500, 0.95)]]
+    return pd.DataFrame(rows)
+
+
+def test_rerank_for_another_a_without_rerunning():
+    df = _table()
+    by_size = leaderboard(df, a=0.9)
+    by_acc = leaderboard(df, a=0.0)
+    assert by_size["student"].iloc[0] == "small"
+    assert by_acc["student"].iloc[0] == "big"
+    # DS recomputed from the stored columns equals the formula
+    col = ds_column(df, a=0.25)
+    assert col.iloc[1] == pytest.approx(distillation_score(200, 1000, 0.975, 0.99, 0.25))
+
+
+def test_pareto_front():
+    front = pareto_front(_table())
+    assert list(front["student"]) == ["small", "mid", "big"]  # "bad" is dominated by "mid"
+
+
+def test_results_table_roundtrip(tmp_path):
+    rows = _table().to_dict("records")
+    append_rows(tmp_path, rows[:2])
+    df = append_rows(tmp_path, rows[2:])
+    assert len(df) == 4
+    back = read_results(tmp_path)
+    assert list(back["student"]) == ["big", "mid", "small", "bad"]
+    assert (tmp_path / "results.csv").exists()
+    csv = read_results(tmp_path / "results.csv")
+    np.testing.assert_allclose(csv["ds"].to_numpy(), back["ds"].to_numpy())
+    assert math.isclose(back["ds"].iloc[0], distillation_score(800, 1000, 0.985, 0.99, 0.5))
+
+
+def test_row_without_teacher_has_nan_ds():
+    row = make_row(method="ce", dataset="mnist", student="s", params=10, accuracy=0.5)
+    assert math.isnan(row["ds"])
