@@ -36,11 +36,11 @@ CONFIGS = HERE.parent / "configs"
 
 # (label, config file, overrides); outer iterations chosen for the ~35 min budget
 ROWS = [
-    ("MNIST, 10 images, fixed init", "dd_mnist_10.yaml", {"init": "fixed"}),
-    ("MNIST, 5 images, fixed init", "dd_mnist_5.yaml", {"init": "fixed"}),
-    ("MNIST, 10 images, random init", "dd_mnist_10.yaml", {"init": "random", "outer_iterations": 300}),
-    ("MNIST, 5 images, random init", "dd_mnist_5.yaml", {"init": "random", "outer_iterations": 300}),
-    ("movie_reviews, 20 sentences, fixed init", "dd_movie_reviews.yaml", {}),
+    ("MNIST, 10 images, fixed init", "dd_mnist_10.yaml", {"init": "fixed", "outer_iterations": 600, "lr_decay_step": 300}),
+    ("MNIST, 5 images, fixed init", "dd_mnist_5.yaml", {"init": "fixed", "outer_iterations": 400, "lr_decay_step": 200}),
+    ("MNIST, 10 images, random init", "dd_mnist_10.yaml", {"init": "random", "outer_iterations": 150}),
+    ("MNIST, 5 images, random init", "dd_mnist_5.yaml", {"init": "random", "outer_iterations": 150}),
+    ("movie_reviews, 20 sentences, fixed init", "dd_movie_reviews.yaml", {"outer_iterations": 100}),
 ]
 
 

@@ -6,7 +6,7 @@ steps per second of DPD relative to two independent learners. Curves (CSV + PNG)
 ``benchmarks/out/dpd/<task>/``; the table and the budget go to ``benchmarks/out/dpd.json`` and a
 small summary to ``benchmarks/dpd_summary.json``.
 
-    flock /tmp/raykd-heavy.lock python benchmarks/dpd.py                     # ~25 min on 2 CPUs
+    flock /tmp/raykd-heavy.lock python benchmarks/dpd.py        # 2 tasks x 3 modes x 3 seeds, 8k steps per learner
     flock /tmp/raykd-heavy.lock python benchmarks/dpd.py --steps-per-learner 4000 --seeds 0   # quick look
 """
 
@@ -53,7 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps-per-learner", type=int, default=12_000)
+    p.add_argument("--steps-per-learner", type=int, default=8_000)
     p.add_argument("--train-batch-size", type=int, default=1024)
     p.add_argument("--minibatch-size", type=int, default=64)
     p.add_argument("--num-epochs", type=int, default=10)

@@ -55,6 +55,18 @@ STUDENTS = {
 }
 
 
+def summarise(runs: list[dict], rows: list[str]) -> list[dict]:
+    """Mean and sample standard deviation of the test accuracy over seeds, per row."""
+    table = []
+    for row in rows:
+        accs = [r["accuracy"] for r in runs if r["row"] == row]
+        if accs:
+            table.append({"row": row, "losses": " + ".join(f"{l['weight']:g}*{l['name']}" for l in ROWS[row]),
+                          "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                          "accuracies": accs, "seeds": [r["seed"] for r in runs if r["row"] == row]})
+    return table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--student", choices=sorted(STUDENTS), default="3x384")
@@ -89,8 +101,14 @@ def main() -> None:
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": "adamw",
              "schedule": "linear", "warmup_fraction": 0.1, "weight_decay": 0.01}
     engine = {"num_workers": 2, "cpus_per_worker": 1.0, "teacher_placement": "colocated"}
-    runs = []
+    runs: list[dict] = []
     t_start = time.time()
+    meta = {"benchmark": "lm_distill", "dataset": "movie_reviews", "teacher": "minilm-l6",
+            "teacher_accuracy": teacher["accuracy"], "student": args.student, "student_args": STUDENTS[args.student],
+            "init": args.init, "train_subset": args.train_subset, "test_subset": args.test_subset,
+            "max_length": args.max_length, "train": train, "seeds": args.seeds}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for row in args.rows:
             task = TaskSpec(dataset=data, student={"name": "bert", "args": STUDENTS[args.student]}, teacher=t_spec,
@@ -100,29 +118,22 @@ def main() -> None:
             runs.append({"row": row, "seed": seed, "accuracy": res.metrics["accuracy"], "test_nll": res.metrics["test_nll"],
                          "wall_s": time.time() - t0})
             print(f"[lm_distill] {row:10s} seed {seed}: accuracy {runs[-1]['accuracy']:.4f} ({runs[-1]['wall_s']:.0f}s)", flush=True)
+            # written after every run, so an interrupted benchmark still leaves its finished runs
+            out.write_text(json.dumps(meta | {"table": summarise(runs, args.rows), "runs": runs, "complete": False,
+                                              "wall_s": time.time() - t_start}, indent=2))
     ray.shutdown()
 
-    table = []
-    for row in args.rows:
-        accs = [r["accuracy"] for r in runs if r["row"] == row]
-        table.append({"row": row, "losses": " + ".join(f"{l['weight']:g}*{l['name']}" for l in ROWS[row]),
-                      "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                      "accuracies": accs, "seeds": args.seeds})
+    table = summarise(runs, args.rows)
     print(f"\nmovie_reviews, teacher minilm-l6 (test accuracy {teacher['accuracy']:.4f} on the full test split), "
           f"student bert {args.student} ({args.init} init), {args.train_subset} training sentences, {args.epochs} epoch(s), "
-          f"seeds {args.seeds}")
+          f"seeds {args.seeds}, test sentences: {args.test_subset or 'all'}")
     print(f"{'row':10s} {'accuracy':>16s}   per seed                 losses")
     for t in table:
         print(f"{t['row']:10s} {t['mean']:.4f} +- {t['std']:.4f}   {' '.join(f'{a:.4f}' for a in t['accuracies']):24s} {t['losses']}")
-    result = {"benchmark": "lm_distill", "dataset": "movie_reviews", "teacher": "minilm-l6",
-              "teacher_accuracy": teacher["accuracy"], "student": args.student, "student_args": STUDENTS[args.student],
-              "init": args.init, "train_subset": args.train_subset, "test_subset": args.test_subset,
-              "max_length": args.max_length, "train": train, "seeds": args.seeds, "table": table, "runs": runs,
-              "wall_s": time.time() - t_start}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    result = meta | {"table": table, "runs": runs, "complete": True, "wall_s": time.time() - t_start}
     out.write_text(json.dumps(result, indent=2))
-    summary = {k: result[k] for k in ("dataset", "teacher", "teacher_accuracy", "student", "init", "train_subset", "seeds")}
+    summary = {k: result[k] for k in ("dataset", "teacher", "teacher_accuracy", "student", "init", "train_subset",
+                                      "test_subset", "seeds")}
     summary["rows"] = {t["row"]: {"mean": round(t["mean"], 4), "std": round(t["std"], 4)} for t in table}
     (HERE / f"lm_distill_summary_{args.student}_{args.init}.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}")

@@ -39,13 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Budget cuts applied on top of the full configs (documented in the JSON).
 BUDGET = {
+    "movie_reviews": {"config": "configs/sd_movie_reviews.yaml",
+                      "override": {"train": {"epochs": 6, "batch_size": 64, "lr": 0.001, "optimizer": "adamw",
+                                             "weight_decay": 0.0001}}},
     "fashion_mnist": {"config": "configs/sd_fashion_mnist.yaml",
                       "override": {"data": {"name": "fashion_mnist", "train_subset": 6000, "test_subset": 2000},
                                    "model": {"name": "cnn", "args": {"widths": [8, 16], "hidden": 32}},
                                    "train": {"epochs": 3, "batch_size": 128, "lr": 0.003, "optimizer": "adamw",
-                                             "weight_decay": 0.0001}}},
-    "movie_reviews": {"config": "configs/sd_movie_reviews.yaml",
-                      "override": {"train": {"epochs": 6, "batch_size": 64, "lr": 0.001, "optimizer": "adamw",
                                              "weight_decay": 0.0001}}},
 }
 
@@ -76,6 +76,36 @@ def verdicts(metrics: pd.DataFrame, generations: int) -> dict:
     out["beta_vs_label_smoothing"] = {c: paired(metrics, "beta_smoothing", "label_smoothing", c)
                                       for c in ("accuracy", "nll", "ece")}
     return out
+
+
+COLS = ["dataset", "method", "seeds", "accuracy_mean", "accuracy_std", "nll_mean", "nll_std", "ece_mean", "ece_std",
+        "train_mean_entropy_mean", "teacher_mean_entropy_mean"]
+
+
+def write_report(report: dict, tables: list[pd.DataFrame], out_root: Path) -> None:
+    """Print the table and the claim checks so far; write the full and the small JSON."""
+    table = pd.concat(tables, ignore_index=True)
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(table[COLS].round(4).to_string(index=False))
+    for name, r in report["datasets"].items():
+        print(f"\n{name}:")
+        for m, c in r["claims"]["self_distill_vs_g0"].items():
+            a = c["accuracy"]
+            print(f"  {m} - g0 accuracy: {a['mean']:+.4f} +/- {a['std']:.4f} (better on {a['positive']}/{a['seeds']} seeds); "
+                  f"ECE {c['ece']['mean']:+.4f}; NLL {c['nll']['mean']:+.4f}")
+        b = r["claims"]["beta_vs_label_smoothing"]
+        print(f"  beta - label smoothing: accuracy {b['accuracy']['mean']:+.4f} +/- {b['accuracy']['std']:.4f} "
+              f"(better on {b['accuracy']['positive']}/{b['accuracy']['seeds']}); ECE {b['ece']['mean']:+.4f}; NLL {b['nll']['mean']:+.4f}")
+    out = out_root / "self_distill.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=float))
+    small = {"paper": report["paper"], "machine": report["machine"],
+             "datasets": {n: {"budget": r["budget"], "wall_time_s": round(r["wall_time_s"]),
+                              "summary": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                                           if k in COLS} for row in r["summary"]],
+                              "claims": r["claims"]} for n, r in report["datasets"].items()}}
+    (ROOT / "benchmarks" / "self_distill_summary.json").write_text(json.dumps(small, indent=1, default=float))
+    print(f"\nwrote {out} and benchmarks/self_distill_summary.json", flush=True)
 
 
 def main() -> None:
@@ -114,33 +144,9 @@ def main() -> None:
                 "per_seed": metrics.replace({np.nan: None}).to_dict(orient="records"),
                 "claims": verdicts(metrics, settings.generations),
             }
+            write_report(report, tables, Path(args.out).parent)  # after every dataset, so a cut-short run keeps its results
     finally:
         ray.shutdown()
-
-    table = pd.concat(tables, ignore_index=True)
-    cols = ["dataset", "method", "seeds", "accuracy_mean", "accuracy_std", "nll_mean", "nll_std", "ece_mean", "ece_std",
-            "train_mean_entropy_mean", "teacher_mean_entropy_mean"]
-    with pd.option_context("display.width", 250, "display.max_columns", 20):
-        print(table[cols].round(4).to_string(index=False))
-    for name, r in report["datasets"].items():
-        print(f"\n{name}:")
-        for m, c in r["claims"]["self_distill_vs_g0"].items():
-            a = c["accuracy"]
-            print(f"  {m} - g0 accuracy: {a['mean']:+.4f} +/- {a['std']:.4f} (better on {a['positive']}/{a['seeds']} seeds); "
-                  f"ECE {c['ece']['mean']:+.4f}; NLL {c['nll']['mean']:+.4f}")
-        b = r["claims"]["beta_vs_label_smoothing"]
-        print(f"  beta - label smoothing: accuracy {b['accuracy']['mean']:+.4f} +/- {b['accuracy']['std']:.4f} "
-              f"(better on {b['accuracy']['positive']}/{b['accuracy']['seeds']}); ECE {b['ece']['mean']:+.4f}; NLL {b['nll']['mean']:+.4f}")
-    out = Path(args.out).parent / "self_distill.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=float))
-    small = {"paper": report["paper"], "machine": report["machine"],
-             "datasets": {n: {"budget": r["budget"], "wall_time_s": round(r["wall_time_s"]),
-                              "summary": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                                           if k in cols} for row in r["summary"]],
-                              "claims": r["claims"]} for n, r in report["datasets"].items()}}
-    (ROOT / "benchmarks" / "self_distill_summary.json").write_text(json.dumps(small, indent=1, default=float))
-    print(f"\nwrote {out} and benchmarks/self_distill_summary.json")
 
 
 if __name__ == "__main__":

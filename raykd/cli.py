@@ -25,6 +25,10 @@ from raykd.errors import UserError
 # method -> "module:function" that runs a validated config and returns its results table
 RUNNERS: dict[str, str] = {
     "kd": "raykd.distill.kd:run",
+    "dpd": "raykd.rl.runner:run",
+    "dataset_distill": "raykd.distill.dataset:run",
+    "self_distill": "raykd.distill.self_distill:run",
+    "dynabert": "raykd.distill.dynabert:run",
 }
 
 
@@ -61,7 +65,23 @@ def cmd_run(args) -> int:
         cfg.output_dir = args.output_dir
     runner = _runner(cfg.method)
     init_ray(cfg.ray)
-    runner(cfg)
+    from raykd.config import METHOD_SECTIONS
+
+    if cfg.method in METHOD_SECTIONS:  # methods configured by one section: run(settings, out_dir)
+        from pathlib import Path
+
+        from raykd.report import format_table
+
+        section = METHOD_SECTIONS[cfg.method][0]
+        import inspect
+
+        kwargs = {"metric": cfg.metric} if "metric" in inspect.signature(runner).parameters else {}
+        df = runner(getattr(cfg, section), Path(cfg.output_dir), **kwargs)
+        if df is not None and len(df):
+            print(f"\nResults ({cfg.output_dir}/results.csv):")
+            print(format_table(df))
+    else:
+        runner(cfg)
     return 0
 
 

@@ -218,6 +218,8 @@ METHOD_CONFIGS: dict[str, tuple[str, str]] = {
 METHOD_SECTIONS: dict[str, tuple[str, str, str]] = {
     "dpd": ("rl", "raykd.rl.settings", "RLSettings"),
     "dataset_distill": ("dataset_distill", "raykd.distill.dataset", "DatasetDistillSettings"),
+    "self_distill": ("self_distill", "raykd.distill.self_distill", "SelfDistillSettings"),
+    "dynabert": ("dynabert", "raykd.distill.dynabert", "DynaBertSettings"),
 }
 _SECTION_CLASSES: dict[str, type] = {}
 

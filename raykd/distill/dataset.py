@@ -514,7 +514,7 @@ def load_distilled(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata())
+        return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
 
 
 def fit_distilled(model: nn.Module, distilled: dict[str, torch.Tensor], steps: int, epochs: int,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import time
@@ -155,8 +156,6 @@ def sentence_embeddings(texts: np.ndarray, max_length: int = 64, batch_size: int
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             out.append(((h * m).sum(1) / m.sum(1).clamp_min(1.0)).numpy().astype(np.float32))
     emb = np.concatenate(out) if out else np.zeros((0, MINILM_DIM), np.float32)
-    import io
-
     buf = io.BytesIO()
     np.save(buf, emb)
     atomic_write_bytes(path, buf.getvalue())
@@ -259,7 +258,8 @@ def train_model(settings: SelfDistillSettings, method: str, seed: int, out_dir: 
                 generation: int | None = None, teacher: dict | None = None) -> dict[str, Any]:
     """Train one model with :func:`fit`, save its weights under ``out_dir/models`` and judge it."""
     label = method if generation is None else ("ce" if generation == 0 else f"self_distill/g{generation}")
-    task = make_task(settings, method if generation != 0 else "ce", seed, teacher["weights"] if teacher else None)
+    loss_method = "ce" if generation == 0 else method
+    task = make_task(settings, loss_method, seed, teacher["weights"] if teacher else None)
     slug = label.replace("/", "-")
     print(f"[raykd] self_distill: training {label} (seed {seed})"
           + (f", teacher {teacher['label']} (acc {teacher['accuracy']:.4f})" if teacher else ""), flush=True)
@@ -359,6 +359,7 @@ def metrics_table(models: list[dict]) -> pd.DataFrame:
                       "teacher_mean_entropy": t.get("mean_entropy", math.nan),
                       "teacher_nontarget_std": t.get("nontarget_std", math.nan)})
     df = pd.DataFrame(lines, columns=METRIC_COLUMNS)
+    df["generation"] = df["generation"].astype("Int64")
     rank = df["method"].map(lambda v: METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER))
     order = pd.DataFrame({"r": rank, "g": df["generation"].fillna(-1), "s": df["seed"]}).sort_values(["r", "g", "s"]).index
     return df.loc[order].reset_index(drop=True)
