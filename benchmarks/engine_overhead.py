@@ -76,10 +76,7 @@ def ray_train(task: TaskSpec, threads: int, storage: Path) -> list[float]:
         ray.init(num_cpus=max(2, threads), include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     result = fit(task, {"num_workers": 1, "cpus_per_worker": threads, "teacher_placement": "colocated",
                         "checkpoint_every": 1000}, f"engine-overhead-{int(time.time())}", storage)
-    hist = result.metrics_dataframe if hasattr(result, "metrics_dataframe") and result.metrics_dataframe is not None else None
-    if hist is not None and "samples_per_s" in hist:
-        return [float(v) for v in hist["samples_per_s"]]
-    return [float(result.metrics["samples_per_s"])]
+    return [float(v) for v in result.metrics["samples_per_s_by_epoch"]]
 
 
 def main() -> None:

@@ -82,9 +82,9 @@ COLS = ["dataset", "method", "seeds", "accuracy_mean", "accuracy_std", "nll_mean
         "train_mean_entropy_mean", "teacher_mean_entropy_mean"]
 
 
-def write_report(report: dict, tables: list[pd.DataFrame], out_root: Path) -> None:
+def write_report(report: dict, out_root: Path) -> None:
     """Print the table and the claim checks so far; write the full and the small JSON."""
-    table = pd.concat(tables, ignore_index=True)
+    table = pd.concat([pd.DataFrame(r["summary"]).assign(dataset=n) for n, r in report["datasets"].items()], ignore_index=True)
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(table[COLS].round(4).to_string(index=False))
     for name, r in report["datasets"].items():
@@ -123,7 +123,12 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     report: dict = {"paper": "Zhang & Sabuncu, Self-Distillation as Instance-Specific Label Smoothing (NeurIPS 2020)",
                     "machine": f"{os.cpu_count()} CPU cores, shared with other jobs; no GPU", "datasets": {}}
-    tables = []
+    previous = Path(args.out).parent / "self_distill.json"
+    if previous.exists():  # keep the results of datasets this invocation does not rerun
+        kept = {n: r for n, r in json.loads(previous.read_text())["datasets"].items() if n not in args.datasets}
+        report["datasets"].update(kept)
+        if kept:
+            print(f"keeping earlier results for {sorted(kept)} from {previous}", flush=True)
     try:
         for name in args.datasets:
             settings = settings_for(name, args.generations, args.seeds)
@@ -133,7 +138,6 @@ def main() -> None:
             metrics = pd.read_csv(Path(args.out) / name / "self_distill_metrics.csv")
             summary = pd.read_csv(Path(args.out) / name / "self_distill_summary.csv")
             summary.insert(0, "dataset", name)
-            tables.append(summary)
             report["datasets"][name] = {
                 "budget": {"data": settings.data.model_dump(exclude_none=True), "model": settings.model.model_dump(),
                            "train": settings.train.model_dump(), "generations": settings.generations,
@@ -144,7 +148,7 @@ def main() -> None:
                 "per_seed": metrics.replace({np.nan: None}).to_dict(orient="records"),
                 "claims": verdicts(metrics, settings.generations),
             }
-            write_report(report, tables, Path(args.out).parent)  # after every dataset, so a cut-short run keeps its results
+            write_report(report, Path(args.out).parent)  # after every dataset, so a cut-short run keeps its results
     finally:
         ray.shutdown()
 

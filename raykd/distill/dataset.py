@@ -182,16 +182,20 @@ def load_real_data(dataset: str, max_tokens: int = 32) -> RealData:
         xtr = torch.from_numpy(np.asarray(train["x"], dtype=np.float32) / 255.0)
         mean, std = float(xtr.mean()), float(xtr.std())
         xte = torch.from_numpy(np.asarray(test["x"], dtype=np.float32) / 255.0)
-        return RealData("image", info.num_classes, (xtr - mean) / std, torch.from_numpy(train["label"]),
-                        (xte - mean) / std, torch.from_numpy(test["label"]), mean=mean, std=std)
+        return RealData("image", info.num_classes, (xtr - mean) / std, _labels(train), (xte - mean) / std,
+                        _labels(test), mean=mean, std=std)
     tok = M.bert.tokenizer()
 
     def ids(texts: np.ndarray) -> torch.Tensor:
         enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
         return enc["input_ids"]
 
-    return RealData("text", info.num_classes, ids(train["text"]), torch.from_numpy(train["label"]),
-                    ids(test["text"]), torch.from_numpy(test["label"]), table=minilm_embedding_table())
+    return RealData("text", info.num_classes, ids(train["text"]), _labels(train), ids(test["text"]), _labels(test),
+                    table=minilm_embedding_table())
+
+
+def _labels(split: dict[str, np.ndarray]) -> torch.Tensor:
+    return torch.tensor(np.asarray(split["label"], dtype=np.int64))
 
 
 @functools.lru_cache(maxsize=1)

@@ -204,7 +204,6 @@ def run(settings: DatasetDistillSettings, out_dir: Path) -> pd.DataFrame:
         raise UserError(f"dataset_distill.pretrained_path: {settings.pretrained_path} does not exist")
     data = load_real_data(settings.dataset, settings.max_tokens)
     n_train = len(data.train_y)
-    reference = full_train_set_accuracy(settings)
     cfg_hash = config_hash(settings.model_dump(mode="json"))
     sj = settings.model_dump(mode="json")
     common = dict(dataset=settings.dataset, student=settings.model, params=n, teacher="full training set",
@@ -240,6 +239,7 @@ def run(settings: DatasetDistillSettings, out_dir: Path) -> pd.DataFrame:
                  "history": json.loads(metrics.get("history", "[]"))}
         pending.append((f"dataset_distill[{tag}]", t0, extra, own, fresh))
 
+    reference = full_train_set_accuracy(settings)  # launched after distilling: it would hold a CPU the trainer needs
     if settings.baselines:
         t0 = time.time()
         fresh = [evaluate_task.remote("random_real", sj, n, settings.seed * 1000 + UNSEEN_INIT_SEED + i)

@@ -430,3 +430,8 @@ def run(settings: SelfDistillSettings, out_dir: Path, name: str = "self_distill"
     if failed:
         raise RuntimeError(f"self_distill: {len(failed)} of {len(jobs)} trials failed; first error: {failed[0]}")
     return df[df["run_id"] == run_id].reset_index(drop=True)
+
+
+def run_config(cfg) -> pd.DataFrame:
+    """``raykd run`` entry point: a validated run config whose ``self_distill:`` section holds the settings."""
+    return run(cfg.self_distill, Path(cfg.output_dir), name=cfg.name)

@@ -96,7 +96,8 @@ def train_loop_per_worker(config: dict) -> None:
     teacher = method.build_teacher() if cached is None and not stream else None
     loss_fn = method.build_loss(student, teacher)
     needs = loss_fn.teacher_needs if teacher is not None or config.get("teacher_from_stream") or cached else set()
-    teacher_examples = 0  # examples the teacher ran a forward pass on, in this worker
+    teacher_examples = 0  # examples the teacher ran a forward pass on in this worker (cumulative)
+    throughput: list[float] = []  # samples/s of every epoch of this run
     if teacher is not None:
         teacher.to(device)
     loss_fn.to(device)
@@ -177,6 +178,7 @@ def train_loop_per_worker(config: dict) -> None:
             "accuracy": correct / max(1.0, count), "test_nll": nll / max(1.0, count),
             "samples_per_s": seen_all / max(1e-9, train_time), "epoch_time_s": train_time,
             "teacher_forward_examples": t_examples,
+            "samples_per_s_by_epoch": throughput + [seen_all / max(1e-9, train_time)],
             **{f"loss_{k}": v for k, v in logs.items()},
         }
         ref = config.get("ds_ref")  # lets Tune schedulers and searchers act on the distillation metric
@@ -184,6 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
             from raykd.sweep.metric import distillation_score
 
             metrics["ds"] = distillation_score(ref["size_s"], ref["size_t"], metrics["accuracy"], ref["acc_t"], ref["a"])
+        throughput = metrics["samples_per_s_by_epoch"]
         for k, v in ev.items():
             if k not in ("correct", "count", "nll_sum"):
                 metrics[k] = v
@@ -199,9 +202,6 @@ def train_loop_per_worker(config: dict) -> None:
                     ray.train.report(metrics)
         else:
             ray.train.report(metrics)
-        if config.get("fail_after_epoch") is not None and epoch + 1 == config["fail_after_epoch"] and rank == world - 1 \
-                and not ckpt and os.environ.get("RAYKD_TEST_FAIL", "") == "1":
-            os._exit(1)  # test hook: simulate a worker crash (only with RAYKD_TEST_FAIL=1)
 
 
 def cluster_has_gpus() -> bool:

@@ -141,8 +141,7 @@ def _run_trial(config: dict) -> None:
                    teacher_accuracy=ctx["teacher_accuracy"], a=cfg.metric.a, size=size_key, wall_time_s=time.time() - t0,
                    seed=task.train["seed"], cfg_hash=config_hash(cfg.model_dump()), run_id=f"{ctx['sweep_id']}/{trial_id}",
                    extra={"trial_id": trial_id, "sampled": sampled, "epochs": m.get("epoch"),
-                          "teacher_forward_examples": None if result.metrics_dataframe is None else
-                          float(result.metrics_dataframe.get("teacher_forward_examples", [0]).sum())})
+                          "teacher_forward_examples": m.get("teacher_forward_examples", 0.0)})
     append_rows(ctx["out"], [row], replace_run_ids=True)
 
 
