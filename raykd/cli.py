@@ -75,7 +75,12 @@ def cmd_run(args) -> int:
         section = METHOD_SECTIONS[cfg.method][0]
         import inspect
 
-        kwargs = {"metric": cfg.metric} if "metric" in inspect.signature(runner).parameters else {}
+        params = inspect.signature(runner).parameters
+        kwargs = {"metric": cfg.metric} if "metric" in params else {}
+        if getattr(args, "resume", None):
+            if "resume" not in params:
+                raise UserError(f"--resume is not supported for method {cfg.method!r}")
+            kwargs["resume"] = args.resume
         df = runner(getattr(cfg, section), Path(cfg.output_dir), **kwargs)
         if df is not None and len(df):
             print(f"\nResults ({cfg.output_dir}/results.csv):")
@@ -128,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
         if name != "check":
             r.add_argument("--output-dir", default=None, help="override output_dir")
+            r.add_argument("--resume", default=None, metavar="DIR", help="continue from checkpoints in DIR (methods that support it, e.g. dpd)")
         r.set_defaults(fn=fn)
     d = sub.add_parser("data", help="list or fetch datasets")
     d.add_argument("action", choices=["list", "fetch"])
