@@ -363,7 +363,8 @@ def meta_gradient(model: nn.Module, syn: SyntheticSet, theta0: Params, x_real: t
                      settings.split_per_step)
     loss = outer_loss(model, theta_T, x_real, y_real)
     learnable = [p for p in syn.parameters()]
-    return loss, list(torch.autograd.grad(loss, learnable))
+    grads = list(torch.autograd.grad(loss, learnable))
+    return loss.detach(), grads
 
 
 def distill(settings: DatasetDistillSettings, log: bool = False) -> dict[str, torch.Tensor]:

@@ -92,7 +92,7 @@ def distill_loop_per_worker(config: dict) -> None:
             for gr in grads:
                 dist.all_reduce(gr)
                 gr /= world
-            loss = loss.detach().clone()
+            loss = loss.clone()
             dist.all_reduce(loss)
             loss /= world
         for p, gr in zip(syn.parameters(), grads):
