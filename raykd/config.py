@@ -134,7 +134,7 @@ class EngineConfig(Strict):
     teacher_placement: Literal["colocated", "actor_pool"] = "colocated"
     teacher_actors: int = Field(1, ge=1, description="actor_pool: number of teacher-inference actors")
     teacher_gpus: float = Field(0.25, ge=0, le=1, description="actor_pool: GPU fraction per teacher actor when GPUs exist")
-    teacher_cpus: float = Field(1.0, gt=0, description="actor_pool: CPUs per teacher actor (leave room next to the training workers)")
+    teacher_cpus: float = Field(0.5, gt=0, description="actor_pool: CPUs per teacher actor; the workers and actors together must leave Ray Data some CPU room, or the stream stalls")
     teacher_cache: bool = Field(False, description="compute frozen-teacher outputs once and reuse them (fixed data only)")
     teacher_cache_max_gb: float = Field(4.0, gt=0, description="larger teacher outputs are computed online instead of cached")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")

@@ -88,7 +88,8 @@ def test_actor_pool_teacher_placement_streams_teacher_outputs(ray_session, tmp_p
                     teacher={**TEACHER, "weights": str(weights)},
                     losses=[{"name": "kd", "weight": 1.0, "temperature": 4.0}],  # the teacher is the only signal
                     train={"epochs": 2, "batch_size": 32, "lr": 0.01, "seed": 0})
-    result = fit(task, {"num_workers": 1, "teacher_placement": "actor_pool", "teacher_actors": 1, "teacher_cpus": 1.0},
+    result = fit(task, {"num_workers": 1, "cpus_per_worker": 0.5, "teacher_placement": "actor_pool", "teacher_actors": 1,
+                        "teacher_cpus": 0.5},
                  "actor-pool", tmp_path / "ray")
     m = result.metrics
     assert m["epoch"] == 2

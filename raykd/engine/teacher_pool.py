@@ -50,10 +50,16 @@ class TeacherInference:
 
 
 def teacher_output_dataset(task: TaskSpec, engine: dict, use_gpu: bool) -> "ray.data.Dataset":
+    """Example ids in shuffled blocks -> teacher actors. The ids live in the object store
+    (``from_numpy``), so the pipeline needs no read or shuffle tasks competing for CPUs with the
+    training workers; block order is re-randomised every epoch and the workers shuffle locally."""
     n = len(build_method(task).load_split("train")["label"])
     bs = int(task.train.get("batch_size", 128))
-    return (ray.data.range(n)
-            .random_shuffle()
+    ids = np.random.default_rng(int(task.train.get("seed", 0))).permutation(n)
+    blocks = np.array_split(ids, max(1, min(64, n // max(1, bs))))
+    return (ray.data.from_numpy([b.astype(np.int64) for b in blocks])
+            .rename_columns({"data": "id"})
+            .randomize_block_order()
             .map_batches(TeacherInference, fn_constructor_kwargs={"task": task,
                                                                   "max_length": task.dataset.get("max_length")},
                          batch_size=bs, concurrency=int(engine.get("teacher_actors", 1)),

@@ -125,7 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
         t0, seen, loss_sum, nb = time.perf_counter(), 0, 0.0, 0
         if stream:
             shard = ray.train.get_dataset_shard("train")
-            batches = (({k: v for k, v in b.items()}) for b in shard.iter_torch_batches(batch_size=bs, drop_last=False))
+            batches = (({k: v for k, v in b.items()}) for b in shard.iter_torch_batches(batch_size=bs, drop_last=False, local_shuffle_buffer_size=4 * bs))
         else:
             perm = np.random.default_rng(seed * 1000 + epoch).permutation(n)[: per_rank * world]
             mine = perm[rank::world]
