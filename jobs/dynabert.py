@@ -1,48 +1,16 @@
-"""``ray job submit`` entry point for DynaBERT-adaptive training (a ``method: dynabert`` config).
+"""Ray job entry point: DynaBERT width/depth-adaptive students (method: dynabert).
 
-    ray job submit --working-dir . -- python jobs/dynabert.py configs/dynabert_ckd.yaml [--set dynabert.train.epochs=2 ...]
+    ray job submit --working-dir . -- python jobs/dynabert.py --config configs/<file>.yaml [--set key=value ...]
 
-Inside a job Ray is already running (RAY_ADDRESS is set), so this connects to it; run locally it
-starts Ray in-process. The config is ``{name, method: dynabert, output_dir, ray, metric, dynabert: {...}}``.
+Runs `raykd run CONFIG` on the cluster (the uploaded copy of this repository) and exits with its status.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
+from pathlib import Path
 
-from pydantic import ValidationError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working_dir (this repo) comes first
 
-from raykd.cli import init_ray
-from raykd.config import MetricConfig, RayConfig, apply_overrides, load_yaml
-from raykd.errors import UserError
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    from raykd.distill.dynabert import DynaBertSettings, run
-
-    try:
-        raw = apply_overrides(load_yaml(args.config), args.set)
-        if raw.get("method") != "dynabert":
-            raise UserError(f"{args.config}: method must be 'dynabert', got {raw.get('method')!r}")
-        try:
-            settings = DynaBertSettings.model_validate(raw.get("dynabert") or {})
-            ray_cfg, metric = RayConfig.model_validate(raw.get("ray") or {}), MetricConfig.model_validate(raw.get("metric") or {})
-        except ValidationError as err:
-            e = err.errors()[0]
-            where = ".".join(["dynabert", *(str(part) for part in e["loc"])])
-            raise UserError(f"{args.config}: {where}: {e['msg'].removeprefix('Value error, ')}") from None
-        init_ray(ray_cfg)
-        run(settings, raw.get("output_dir", f"runs/{raw.get('name', 'dynabert')}"), metric=metric, name=raw.get("name", "dynabert"))
-    except UserError as e:
-        print(f"raykd: error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
+from jobs._entry import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("run", "DynaBERT width/depth-adaptive students (method: dynabert)."))

@@ -1,39 +1,16 @@
-"""``ray job submit`` entry point for language-model distillation (a ``method: kd`` config on text).
+"""Ray job entry point: language-model distillation (method: kd on text, WR/LTR losses).
 
-    ray job submit --working-dir . -- python jobs/lm_distill.py configs/lm_ckd.yaml [--set train.epochs=1 ...]
+    ray job submit --working-dir . -- python jobs/lm_distill.py --config configs/<file>.yaml [--set key=value ...]
 
-Inside a job Ray is already running (RAY_ADDRESS is set), so this connects to it; run locally it
-starts Ray in-process.
+Runs `raykd run CONFIG` on the cluster (the uploaded copy of this repository) and exits with its status.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
+from pathlib import Path
 
-from raykd.cli import init_ray
-from raykd.config import DistillConfig, load_config
-from raykd.errors import UserError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working_dir (this repo) comes first
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-        if not isinstance(cfg, DistillConfig):
-            raise UserError(f"{args.config}: method must be 'kd' for language-model distillation, got {cfg.method!r}")
-        init_ray(cfg.ray)
-        from raykd.distill.kd import run
-
-        run(cfg)
-    except UserError as e:
-        print(f"raykd: error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
+from jobs._entry import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("run", "language-model distillation (method: kd on text, WR/LTR losses)."))
