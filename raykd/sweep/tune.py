@@ -120,7 +120,8 @@ def _run_trial(config: dict) -> None:
     spec = cfg.students[0]
     task = TaskSpec(dataset=cfg.data.model_dump(), student={"name": spec.name, "args": spec.args},
                     teacher={"name": cfg.teacher.name, "args": cfg.teacher.args, "weights": ctx["teacher_weights"]},
-                    losses=[l.as_dict() for l in cfg.losses], train=cfg.train.model_dump() | {"seed": cfg.train.seed + cfg.seed})
+                    losses=[l.as_dict() for l in cfg.losses], train=cfg.train.model_dump() | {"seed": cfg.train.seed + cfg.seed},
+                    extra={"student_init": cfg.student_init})
     method = build_method(task)
     student = method.build_student()
     example = method.example_input(method.load_split("test"))
