@@ -5,7 +5,7 @@ Both run the identical method code (batch building, frozen-teacher forward, weig
 backward, Adam step) with the same threads, batch size and data; throughput is training samples per
 second of the last epoch (warmed up; evaluation excluded on both sides).
 
-    python benchmarks/engine_overhead.py [--subset 20000] [--epochs 3] [--threads 2]
+    python benchmarks/engine_overhead.py [--subset 20000] [--epochs 3] [--threads 1]
 
 Prints a table and writes benchmarks/out/engine_overhead.json. Target: ratio >= 0.9.
 """
@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=20000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "engine_overhead.json"))
     args = p.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
