@@ -37,7 +37,7 @@ class TeacherInference:
         self.max_length = max_length
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        idx = np.asarray(batch["id"], dtype=np.int64)
+        idx = np.asarray(batch["id"] if "id" in batch else batch["data"], dtype=np.int64)
         b = self.method.batch(self.arrays, idx)
         out = self.method.teacher_forward(self.teacher, {k: v.to(self.device) for k, v in b.items()}, self.needs)
         res = {"id": idx, "t_logits": out["logits"].float().cpu().numpy()}
@@ -57,8 +57,7 @@ def teacher_output_dataset(task: TaskSpec, engine: dict, use_gpu: bool) -> "ray.
     bs = int(task.train.get("batch_size", 128))
     ids = np.random.default_rng(int(task.train.get("seed", 0))).permutation(n)
     blocks = np.array_split(ids, max(1, min(64, n // max(1, bs))))
-    return (ray.data.from_numpy([b.astype(np.int64) for b in blocks])
-            .rename_columns({"data": "id"})
+    return (ray.data.from_numpy([b.astype(np.int64) for b in blocks])  # column "data": no Project tasks
             .randomize_block_order()
             .map_batches(TeacherInference, fn_constructor_kwargs={"task": task,
                                                                   "max_length": task.dataset.get("max_length")},
