@@ -29,8 +29,6 @@ def format_table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
 
 def to_markdown(df: pd.DataFrame, columns: list[str] | None = None) -> str:
     cols = [c for c in (columns or TABLE_COLUMNS) if c in df.columns]
-    text = format_table(df, cols)
-    lines = [l.split() for l in text.splitlines()]
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df[cols].iterrows():
         cells = []
@@ -45,7 +43,6 @@ def to_markdown(df: pd.DataFrame, columns: list[str] | None = None) -> str:
             else:
                 cells.append(str(v))
         rows.append("| " + " | ".join(cells) + " |")
-    del lines
     return "\n".join(rows)
 
 

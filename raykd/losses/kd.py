@@ -40,7 +40,6 @@ def uniform_layer_map(n_teacher: int, n_student: int) -> list[tuple[int, int]]:
     A 6-layer teacher and a 3-layer student: [(0,0), (2,1), (4,2), (6,3)].
     """
     if n_student > n_teacher:
-        step = 1
         return [(0, 0)] + [(min(n_teacher, round(j * n_teacher / n_student)), j) for j in range(1, n_student + 1)]
     step = n_teacher / n_student
     return [(0, 0)] + [(round(j * step), j) for j in range(1, n_student + 1)]
