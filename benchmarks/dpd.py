@@ -1,4 +1,4 @@
-"""Benchmark: DPD-PPO vs PPO vs two independent PPO peers on MuJoCo tasks, several seeds.
+"""Benchmark: DPD vs one learner vs two independent peers on MuJoCo tasks, several seeds (PPO or SAC).
 
 For each task it runs every (mode, seed) through ``raykd.rl.runner.run`` (RLlib, new API stack),
 then prints a table of final and best mean return (mean +- std over seeds) and the environment
@@ -8,6 +8,9 @@ small summary to ``benchmarks/dpd_summary.json``.
 
     flock /tmp/raykd-heavy.lock python benchmarks/dpd.py        # 2 tasks x 3 modes x 3 seeds, 8k steps per learner
     flock /tmp/raykd-heavy.lock python benchmarks/dpd.py --steps-per-learner 4000 --seeds 0   # quick look
+    python benchmarks/dpd.py --algorithm sac --envs InvertedPendulum-v5 --seeds 0 1 2 --steps-per-learner 2500 \
+        --train-batch-size 128 --training-intensity 64 --learning-starts 500 --rollout-fragment-length 16 \
+        --out benchmarks/out/dpd_sac      # off-policy variant: writes dpd_sac.json and dpd_sac_summary.json
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from raykd.rl.runner import METHOD, run
+from raykd.rl.runner import method_name, run
 from raykd.rl.settings import RLSettings
 
 HERE = Path(__file__).resolve().parent
@@ -34,15 +37,16 @@ def summarise(env: str, rows: pd.DataFrame, settings: RLSettings) -> list[dict]:
     extra["method"] = rows["method"].to_numpy()
     lines = []
     for method, df in extra.groupby("method", sort=False):
-        label = method + (" (same total steps)" if method == "ppo" and settings.single_budget == "total" else "")
+        single = method == method_name("single", settings.algorithm)
+        label = method + (" (same total steps)" if single and settings.single_budget == "total" else "")
         lines.append({"env": env, "method": label, "n_seeds": len(df),
                       "steps_per_learner": float(df["steps_per_learner"].mean()),
                       "final_mean": float(df["final_return"].mean()), "final_std": float(df["final_return"].std(ddof=0)),
                       "best_mean": float(df["best_return"].mean()), "best_std": float(df["best_return"].std(ddof=0)),
                       "steps_per_s": float(df["steps_per_s"].mean())})
-        if method == "ppo" and "return_at_per_learner_budget" in df:
+        if single and "return_at_per_learner_budget" in df:
             at = df["return_at_per_learner_budget"]
-            lines.append({"env": env, "method": "ppo (same per-learner steps)", "n_seeds": len(df),
+            lines.append({"env": env, "method": f"{method} (same per-learner steps)", "n_seeds": len(df),
                           "steps_per_learner": float(settings.steps_per_learner),
                           "final_mean": float(at.mean()), "final_std": float(at.std(ddof=0)),
                           "best_mean": float("nan"), "best_std": float("nan"), "steps_per_s": float("nan")})
@@ -54,7 +58,13 @@ def main() -> None:
     p.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps-per-learner", type=int, default=8_000)
-    p.add_argument("--train-batch-size", type=int, default=1024)
+    p.add_argument("--algorithm", choices=["ppo", "sac"], default="ppo")
+    p.add_argument("--train-batch-size", type=int, default=1024,
+                   help="PPO: env steps per iteration; SAC: replay samples per update")
+    p.add_argument("--training-intensity", type=float, default=None, help="SAC: replayed / sampled steps")
+    p.add_argument("--learning-starts", type=int, default=1000, help="SAC: steps sampled before updates start")
+    p.add_argument("--rollout-fragment-length", type=int, default=None, help="env steps per sampling call")
+    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     p.add_argument("--minibatch-size", type=int, default=64)
     p.add_argument("--num-epochs", type=int, default=10)
     p.add_argument("--alpha", type=float, default=1.0)
@@ -67,24 +77,27 @@ def main() -> None:
     start, table, budgets = time.perf_counter(), [], {}
     try:
         for env in args.envs:
-            settings = RLSettings(env=env, seeds=args.seeds, steps_per_learner=args.steps_per_learner,
+            settings = RLSettings(env=env, algorithm=args.algorithm, seeds=args.seeds,
+                                  steps_per_learner=args.steps_per_learner, training_intensity=args.training_intensity,
+                                  learning_starts=args.learning_starts, hidden=args.hidden,
+                                  rollout_fragment_length=args.rollout_fragment_length,
                                   train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
                                   num_epochs=args.num_epochs, alpha=args.alpha, distill_weight=args.distill_weight)
             budgets[env] = settings.model_dump()
             rows = run(settings, args.out / env)
             table += summarise(env, rows, settings)
-            report(args, table, budgets, time.perf_counter() - start)  # written after every task
+            report(args, table, budgets, time.perf_counter() - start, settings.algorithm)  # written after every task
     finally:
         ray.shutdown()
 
 
-def report(args: argparse.Namespace, table: list[dict], budgets: dict, wall: float) -> None:
+def report(args: argparse.Namespace, table: list[dict], budgets: dict, wall: float, algorithm: str) -> None:
     """Print the table and the throughput ratio; write ``out/dpd.json`` and ``dpd_summary.json``."""
     df = pd.DataFrame(table)
     speed = {}
     for env, d in df.groupby("env"):
         sps = d.set_index("method")["steps_per_s"]
-        speed[env] = float(sps[METHOD["dpd"]] / sps[METHOD["independent"]])
+        speed[env] = float(sps[method_name("dpd", algorithm)] / sps[method_name("independent", algorithm)])
     pd.set_option("display.width", 160)
     print(df.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     for env, ratio in speed.items():
@@ -92,14 +105,17 @@ def report(args: argparse.Namespace, table: list[dict], budgets: dict, wall: flo
     print(f"benchmark wall time so far {wall / 60:.1f} min", flush=True)
 
     result = {"table": table, "dpd_over_independent_steps_per_s": speed, "wall_time_s": wall,
-              "budget": {"steps_per_learner": args.steps_per_learner, "seeds": args.seeds, "envs": list(budgets),
-                         "ppo_single_steps": 2 * args.steps_per_learner, "train_batch_size": args.train_batch_size,
+              "budget": {"algorithm": algorithm, "steps_per_learner": args.steps_per_learner, "seeds": args.seeds, "envs": list(budgets),
+                         "single_learner_steps": 2 * args.steps_per_learner, "train_batch_size": args.train_batch_size,
                          "minibatch_size": args.minibatch_size, "num_epochs": args.num_epochs,
-                         "alpha": args.alpha, "distill_weight": args.distill_weight},
+                         "alpha": args.alpha, "distill_weight": args.distill_weight,
+                         "training_intensity": args.training_intensity, "learning_starts": args.learning_starts,
+                         "rollout_fragment_length": args.rollout_fragment_length, "hidden": args.hidden},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    (args.out.parent / "dpd.json").write_text(json.dumps({**result, "settings": budgets}, indent=1, default=float))
-    (HERE / "dpd_summary.json").write_text(json.dumps(result, indent=1, default=float))
+    (args.out.parent / f"{args.out.name}.json").write_text(json.dumps({**result, "settings": budgets}, indent=1, default=float))
+    summary = HERE / ("dpd_summary.json" if algorithm == "ppo" else f"dpd_{algorithm}_summary.json")
+    summary.write_text(json.dumps(result, indent=1, default=float))
 
 
 if __name__ == "__main__":

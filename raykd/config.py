@@ -222,6 +222,8 @@ METHOD_SECTIONS: dict[str, tuple[str, str, str]] = {
     "dynabert": ("dynabert", "raykd.distill.dynabert", "DynaBertSettings"),
 }
 _SECTION_CLASSES: dict[str, type] = {}
+# section methods whose configs may carry a `sweep:` section (run by `raykd sweep`, see raykd.sweep.tune)
+SWEEPABLE_SECTIONS = ("dataset_distill",)
 
 
 def register_method_config(method: str, module: str, cls: str) -> None:
@@ -237,9 +239,11 @@ def _section_class(method: str) -> type[BaseRunConfig]:
     if method not in _SECTION_CLASSES:
         section, mod, cls = METHOD_SECTIONS[method]
         model = getattr(importlib.import_module(mod), cls)
+        fields = {section: (model, Field(default_factory=model))}
+        if method in SWEEPABLE_SECTIONS:
+            fields["sweep"] = (SweepConfig | None, None)
         _SECTION_CLASSES[method] = create_model(
-            f"{cls}Run", __base__=BaseRunConfig, method=(_Literal[method], method),
-            **{section: (model, Field(default_factory=model))})
+            f"{cls}Run", __base__=BaseRunConfig, method=(_Literal[method], method), **fields)
     return _SECTION_CLASSES[method]
 
 

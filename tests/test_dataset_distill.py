@@ -140,3 +140,28 @@ def test_ray_train_two_workers_returns_result(ray_session, tmp_path):
     tensors, _ = load_distilled(tmp_path / "distilled_soft.safetensors")
     labels = tensors["labels"]
     assert torch.allclose(labels.sum(1), torch.ones(5)) and (labels >= 0).all()
+
+
+@pytest.mark.ray
+def test_sweep_over_distilled_set_size_runs_each_size_as_a_tune_trial(ray_session, tmp_path):
+    """`raykd sweep` on a dataset_distill config: one Tune trial per num_samples value, each a whole
+    distillation run, rows in the sweep's table with the trial's sampled size, and a leaderboard."""
+    from pathlib import Path
+
+    import yaml
+
+    from raykd.config import parse_config
+    from raykd.sweep.tune import sweep
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "dd_sweep.yaml").read_text())
+    raw["output_dir"] = str(tmp_path)
+    raw["dataset_distill"].update(outer_iterations=30, lr_decay_step=1000, eval_inits=2, reference_epochs=0,
+                                  outer_batch_size=256)
+    raw["sweep"].update(metric="accuracy", space={"dataset_distill.num_samples": {"grid": [2, 10]}})
+    table = sweep(parse_config(raw))
+    assert len(table) == 2 and set(table["params"]) == {2, 10}
+    assert table["run_id"].str.count("/").eq(2).all() and table["run_id"].nunique() == 2
+    acc = dict(zip(table["params"], table["accuracy"]))
+    # 30 outer iterations: both sizes beat chance (0.1); 10 samples clearly beat 2 (which cannot cover 10 classes)
+    assert acc[2] > 0.12 and acc[10] > 0.25 and acc[10] > acc[2] + 0.05, acc
+    assert (tmp_path / "leaderboard.csv").exists() and (tmp_path / "accuracy_vs_size.png").exists()

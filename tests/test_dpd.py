@@ -15,7 +15,11 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from raykd.rl.dpd import DPDConfig, disadvantage_weights, gaussian_mean
+from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
+from ray.rllib.core.models.base import ENCODER_OUT
+from ray.rllib.utils.replay_buffers.multi_agent_episode_buffer import MultiAgentEpisodeReplayBuffer
+
+from raykd.rl.dpd import DPDConfig, DPDSACConfig, disadvantage_weights, gaussian_mean, squashed_action
 from raykd.rl.env import PeerEnv
 from raykd.rl.runner import build_config, run
 from raykd.rl.settings import RLSettings
@@ -35,7 +39,7 @@ def test_weight_favours_states_where_peer_value_is_higher_and_is_clipped():
 
 
 def test_settings_reject_unknown_fields_and_envs():
-    assert RLSettings().modes == ["dpd", "independent", "ppo_single"]
+    assert RLSettings().modes == ["dpd", "independent", "single"]
     with pytest.raises(ValueError, match="distill_wieght"):
         RLSettings(distill_wieght=1.0)
     with pytest.raises(ValueError, match="unknown gymnasium environment"):
@@ -77,22 +81,28 @@ def _update(learner, episodes) -> dict[str, torch.Tensor]:
             for k, v in learner.module[mid].state_dict().items()}
 
 
+def _updates_from_one_init(cfg, baseline_class, update, episodes):
+    """One update each of DPD with weight 0, the algorithm's own learner and DPD with weight 1, all from
+    the same initial weights and batch. Asserts that weight 0 gives exactly the baseline's update."""
+    dpd0 = _learner(cfg.copy(copy_frozen=False).distillation(weight=0.0))
+    init = dpd0.module.get_state()
+    base = _learner(cfg.copy(copy_frozen=False).learners(learner_class=baseline_class))
+    dpd1 = _learner(cfg.copy(copy_frozen=False).distillation(weight=1.0))
+    for learner in (base, dpd1):
+        learner.module.set_state(init)
+    after = [update(learner, episodes) for learner in (dpd0, base, dpd1)]
+    assert after[0].keys() == after[1].keys()
+    for k in after[1]:
+        torch.testing.assert_close(after[0][k], after[1][k], rtol=0, atol=0)
+    return after
+
+
 def test_zero_distillation_weight_gives_exactly_the_independent_ppo_update():
     """With weight 0, one DPD update of both peers equals RLlib's own PPO learner on the same batch."""
     cfg = build_config(RLSettings(**TINY), "dpd", seed=0)
     episodes = MultiAgentEnvRunner(config=cfg).sample(num_timesteps=512, random_actions=False)
 
-    dpd0 = _learner(cfg.copy(copy_frozen=False).distillation(weight=0.0))
-    init = dpd0.module.get_state()
-    ppo = _learner(cfg.copy(copy_frozen=False).learners(learner_class=PPOTorchLearner))
-    dpd1 = _learner(cfg.copy(copy_frozen=False).distillation(weight=1.0))
-    for learner in (ppo, dpd1):
-        learner.module.set_state(init)
-
-    after_dpd0, after_ppo, after_dpd1 = _update(dpd0, episodes), _update(ppo, episodes), _update(dpd1, episodes)
-    assert after_dpd0.keys() == after_ppo.keys()
-    for k in after_ppo:
-        torch.testing.assert_close(after_dpd0[k], after_ppo[k], rtol=0, atol=0)
+    after_dpd0, after_ppo, after_dpd1 = _updates_from_one_init(cfg, PPOTorchLearner, _update, episodes)
     # the distillation term does change the policy when its weight is positive
     changed = [k for k in after_ppo if "pi" in k and not torch.equal(after_dpd1[k], after_ppo[k])]
     assert changed
@@ -151,3 +161,84 @@ def test_checkpoint_restores_and_training_continues(ray_session, tmp_path):
     assert any(not torch.equal(now[k], saved[k]) for k in saved)  # training went on from the restored weights
     cont.stop()
     assert (tmp_path / "curves.png").exists() and (tmp_path / "results.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Off-policy variant: DPD-SAC (V(s) from the critics at the deterministic action)
+# ---------------------------------------------------------------------------------------------
+
+SAC_TINY = dict(env="InvertedPendulum-v5", algorithm="sac", hidden=[16, 16], train_batch_size=64, learning_starts=0)
+
+
+def _set_critic_bias(module, bias: float) -> None:
+    """Make Q(s, a) = bias for every state and action (both twin critics)."""
+    with torch.no_grad():
+        for head in (module.qf, module.qf_twin):
+            last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.zero_()
+            last.bias.fill_(bias)
+
+
+def test_sac_learner_weights_peer_states_by_the_critic_value_gap():
+    """DPD-SAC: xi(s) = min_k Q~_k(s, mu~(s)) - min_k Q_k(s, mu(s)); the learner whose peer's critic is
+    higher gets the large (clipped) weight, D is between the deterministic squashed actions."""
+    cfg = build_config(RLSettings(**SAC_TINY, alpha=1.0, xi_clip=5.0, weight_clip=10.0), "dpd", seed=0)
+    assert isinstance(cfg, DPDSACConfig)
+    learner = _learner(cfg)
+    m0, m1 = learner.module["learner_0"], learner.module["learner_1"]
+    _set_critic_bias(m0, 0.0)
+    _set_critic_bias(m1, 4.0)  # V_1(s) = V_0(s) + 4 everywhere
+    states = torch.randn(32, 4)
+    with torch.no_grad():
+        outs = {mid: {Columns.ACTION_DIST_INPUTS: m.pi(m.pi_encoder({Columns.OBS: states})[ENCODER_OUT])}
+                for mid, m in (("learner_0", m0), ("learner_1", m1))}
+    batch = {mid: {Columns.OBS: states} for mid in outs}
+    a0, a1 = (squashed_action(outs[m][Columns.ACTION_DIST_INPUTS]) for m in ("learner_0", "learner_1"))
+    assert a0.abs().max() <= 1.0  # SAC's normalised action space
+    d = (a0 - a1).pow(2).sum(-1).mean().item()
+    j_worse = learner.distillation_loss(own="learner_0", peer="learner_1", fwd_out=outs, batch=batch)
+    j_better = learner.distillation_loss(own="learner_1", peer="learner_0", fwd_out=outs, batch=batch)
+    assert d > 0
+    assert j_worse.item() == pytest.approx(min(np.exp(4.0), 10.0) * d, rel=1e-4)
+    assert j_better.item() == pytest.approx(np.exp(-4.0) * d, rel=1e-4)
+    # J trains the actor only: its gradient reaches the policy network and no critic
+    j_worse.backward()
+    grads = {n: p.grad for n, p in m0.named_parameters()}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("pi"))
+    assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if n.startswith(("qf", "target")))
+
+
+def _sac_update(learner, episodes, seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)  # SAC's reparameterised action samples
+    learner.update(episodes=copy.deepcopy(episodes), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: 512})
+    return {f"{mid}.{k}": v.detach().clone() for mid in ("learner_0", "learner_1")
+            for k, v in learner.module[mid].state_dict().items()}
+
+
+def test_sac_zero_distillation_weight_gives_exactly_the_independent_sac_update():
+    cfg = build_config(RLSettings(**SAC_TINY), "dpd", seed=0)
+    buffer = MultiAgentEpisodeReplayBuffer(capacity=10_000)
+    buffer.add(MultiAgentEnvRunner(config=cfg).sample(num_timesteps=512, random_actions=True))
+    episodes = buffer.sample(num_items=64, n_step=1, gamma=0.99, sample_episodes=True)
+
+    after_dpd0, after_sac, after_dpd1 = _updates_from_one_init(cfg, SACTorchLearner, _sac_update, episodes)
+    changed = [k for k in after_sac if not torch.equal(after_dpd1[k], after_sac[k])]
+    assert changed and all(".pi" in k for k in changed), changed  # only the actor moves with J
+
+
+@pytest.mark.ray
+def test_short_sac_run_distillation_loss_decreases_and_checkpoint_restores(ray_session, tmp_path):
+    """DPD-SAC on InvertedPendulum-v5 through the runner: J falls as the peers learn from each other,
+    the run writes curves and a row, and its RLlib checkpoint restores as a DPD-SAC algorithm."""
+    settings = RLSettings(**{**SAC_TINY, "train_batch_size": 128, "learning_starts": 200}, modes=["dpd"],
+                          seeds=[0], steps_per_learner=1200, training_intensity=32, distill_batch=128)
+    rows = run(settings, tmp_path)
+    assert rows["method"].tolist() == ["dpd-sac"]
+    curve = pd.read_csv(tmp_path / "curves" / "dpd-s0.csv")
+    j = curve.dropna(subset=["distill_loss"]).groupby("iteration")["distill_loss"].mean()
+    assert len(j) >= 4 and np.isfinite(j).all()
+    assert j.iloc[-2:].mean() < 0.8 * j.iloc[:2].mean(), j.tolist()
+    restored = Algorithm.from_checkpoint(json.loads(rows["extra"][0])["checkpoint"])
+    assert isinstance(restored.config, DPDSACConfig) and restored.config.distill_weight == 1.0
+    restored.train()  # continues from the restored state
+    restored.stop()

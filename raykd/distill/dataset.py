@@ -71,6 +71,9 @@ class DatasetDistillSettings(BaseModel):
     split_per_step: bool = Field(
         False, description="False: every step uses all samples; True: the set is cut into `steps` disjoint batches")
     init: Literal["fixed", "random", "pretrained"] = "fixed"
+    init_scheme: Literal["xavier", "default"] = Field(
+        "xavier", description="how theta_0 is drawn: xavier = Xavier-normal weights (gain 1) and zero biases, the "
+        "initialisation of the original dataset-distillation code; default = each layer's own PyTorch init")
     pretrained_path: str | None = Field(None, description="safetensors state dict of `model` (init: pretrained)")
     outer_iterations: int = Field(1000, ge=1)
     outer_batch_size: int = Field(1024, ge=1, description="real samples per outer iteration, split over workers")
@@ -231,12 +234,18 @@ def build_learner(settings: DatasetDistillSettings, num_classes: int) -> nn.Modu
     return model.train()
 
 
-def init_params(model: nn.Module, seed: int) -> Params:
-    """A fresh initialisation theta_0 of ``model`` drawn with ``seed`` (the model's own init scheme)."""
+def init_params(model: nn.Module, seed: int, scheme: str = "xavier") -> Params:
+    """A fresh initialisation theta_0 of ``model`` drawn with ``seed``: ``xavier`` (Xavier-normal
+    weights of every conv/linear layer, gain 1, zero biases; other layers their own init) or
+    ``default`` (every layer's own PyTorch init)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in model.modules():
-            if hasattr(m, "reset_parameters"):
+            if scheme == "xavier" and isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                nn.init.xavier_normal_(m.weight, gain=1.0)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif hasattr(m, "reset_parameters"):
                 m.reset_parameters()
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
@@ -379,7 +388,8 @@ def distill(settings: DatasetDistillSettings, log: bool = False) -> dict[str, to
     g = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919)
     for it in range(settings.outer_iterations):
         x_real, y_real = data.train_batch(settings.outer_batch_size, g)
-        theta0 = init_params(model, settings.seed * 1_000_003 + it + 1) if settings.init == "random" else theta_run
+        theta0 = (init_params(model, settings.seed * 1_000_003 + it + 1, settings.init_scheme)
+                  if settings.init == "random" else theta_run)
         loss, grads = meta_gradient(model, syn, theta0, x_real, y_real, settings)
         for p, gr in zip(syn.parameters(), grads):
             p.grad = gr
@@ -435,7 +445,8 @@ def evaluate_distilled(settings: DatasetDistillSettings, distilled: dict[str, to
     run's own theta_0 (fixed or pretrained init); an int draws a fresh random init."""
     data = load_real_data(settings.dataset, settings.max_tokens)
     model = build_learner(settings, data.num_classes)
-    theta0 = starting_params(settings, model) if init_seed is None else init_params(model, init_seed)
+    theta0 = (starting_params(settings, model) if init_seed is None
+              else init_params(model, init_seed, settings.init_scheme))
     return accuracy(model, train_on_distilled(model, theta0, distilled, settings), data, limit)
 
 
@@ -445,8 +456,8 @@ def evaluate_random_real(settings: DatasetDistillSettings, n: int, seed: int) ->
     model = build_learner(settings, data.num_classes)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train_y), generator=g)[:n]
-    theta = train_on_real(model, init_params(model, seed), data.inputs(data.train_x[idx]), data.train_y[idx],
-                          settings.real_lr, settings.real_train_steps)
+    theta = train_on_real(model, init_params(model, seed, settings.init_scheme), data.inputs(data.train_x[idx]),
+                          data.train_y[idx], settings.real_lr, settings.real_train_steps)
     return accuracy(model, theta, data)
 
 
@@ -478,7 +489,7 @@ def starting_params(settings: DatasetDistillSettings, model: nn.Module) -> Param
     """The run's theta_0: the fixed init (drawn from the run's seed) or the pretrained weights."""
     if settings.init == "pretrained":
         return load_pretrained(model, settings.pretrained_path)
-    return init_params(model, settings.seed)
+    return init_params(model, settings.seed, settings.init_scheme)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def distill_loop_per_worker(config: dict) -> None:
     sched = torch.optim.lr_scheduler.StepLR(opt, settings.lr_decay_step, settings.lr_decay_factor)
     theta_run = {k: v.to(device) for k, v in starting_params(settings, model).items()}
 
-    start, history, seconds = 0, [], []
+    start, history, seconds, cpu_seconds = 0, [], [], []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resume after a crash: the synthetic set, Adam and the schedule
         with checkpoint.as_directory() as d:
@@ -80,11 +80,11 @@ def distill_loop_per_worker(config: dict) -> None:
     g = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919 * (rank + 1) + start)
     local_batch = math.ceil(settings.outer_batch_size / world)
     for it in range(start, settings.outer_iterations):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         x_real, y_real = data.train_batch(local_batch, g)
         x_real, y_real = x_real.to(device), y_real.to(device)
         if settings.init == "random":  # a fresh theta_0 every outer iteration, different on every worker
-            theta0 = init_params(model, settings.seed * 1_000_003 + it * world + rank + 1)
+            theta0 = init_params(model, settings.seed * 1_000_003 + it * world + rank + 1, settings.init_scheme)
         else:
             theta0 = theta_run
         loss, grads = meta_gradient(model, syn, theta0, x_real, y_real, settings)
@@ -100,6 +100,7 @@ def distill_loop_per_worker(config: dict) -> None:
         opt.step()
         sched.step()
         seconds.append(time.perf_counter() - t0)
+        cpu_seconds.append(time.process_time() - c0)  # this worker process's CPU time, all threads
 
         done = it + 1
         if rank == 0 and (done % settings.log_every == 0 or done == settings.outer_iterations or it == start):
@@ -110,6 +111,7 @@ def distill_loop_per_worker(config: dict) -> None:
                   f"quick test acc {acc:.4f} ({np.mean(seconds):.3f} s/iter)", flush=True)
         if done % settings.checkpoint_every == 0 or done == settings.outer_iterations:
             metrics = {"iteration": done, "loss": float(loss), "sec_per_iter": float(np.mean(seconds)),
+                       "cpu_sec_per_iter": float(np.mean(cpu_seconds)) * world,
                        "history": json.dumps(history)}
             if rank == 0:
                 with tempfile.TemporaryDirectory() as d:
@@ -131,7 +133,8 @@ def save_synthetic_checkpoint(d: Path, syn: SyntheticSet, opt, sched, iteration:
 def distill_on_ray(settings: DatasetDistillSettings, out_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Run the outer loop on a ``TorchTrainer``; return the distilled set and the last reported metrics."""
     use_gpu = torch.cuda.is_available() if settings.use_gpu is None else settings.use_gpu
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    # what is free now (inside a Tune trial the trial's own driver holds a sliver of a CPU)
+    cpus = int(ray.available_resources().get("CPU", 1))
     threads = max(1, cpus // settings.num_workers)
     trainer = TorchTrainer(
         distill_loop_per_worker,
@@ -155,7 +158,8 @@ def distill_on_ray(settings: DatasetDistillSettings, out_dir: Path, tag: str) ->
 # Ray tasks: evaluations fan out, one fresh network per task
 # ----------------------------------------------------------------------------------------------
 
-@ray.remote(num_cpus=1)
+# "DEFAULT": never captured into a caller's placement group (e.g. a Tune trial's one-bundle group)
+@ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")
 def evaluate_task(kind: str, settings_json: dict, payload, seed: int | None) -> float:
     """kind 'distilled': train on the distilled set (payload) from init ``seed`` (None: the run's own);
     'random_real': ``payload`` random real samples; 'full': the whole train split."""
@@ -233,6 +237,7 @@ def run(settings: DatasetDistillSettings, out_dir: Path) -> pd.DataFrame:
         fresh = [evaluate_task.remote("distilled", sj_v, distilled, UNSEEN_INIT_SEED + i) for i in range(s.eval_inits)]
         extra = {"labels": tag, "init": s.init, "samples": n, "steps": s.steps, "epochs": s.epochs,
                  "outer_iterations": s.outer_iterations, "sec_per_outer_iter": metrics.get("sec_per_iter"),
+                 "cpu_sec_per_outer_iter": metrics.get("cpu_sec_per_iter"),
                  "distill_time_s": distill_s, "final_outer_loss": metrics.get("loss"), "num_workers": s.num_workers,
                  "learned_lrs": [round(float(v), 5) for v in distilled["lrs"]],
                  "label_min": float(distilled["labels"].min()),

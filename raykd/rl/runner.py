@@ -1,10 +1,10 @@
 """Run a DPD experiment: every (mode, seed) through RLlib, learning curves, checkpoints, result rows.
 
 Modes (same harness, same ``PeerEnv`` wrapper): ``dpd`` (two peers + distillation), ``independent``
-(two peers, distillation weight 0) and ``ppo_single`` (one RLlib PPO learner). The x-axis of every
-curve is environment steps *per learner*; ``ppo_single`` runs the peers' total budget by default,
-and since PPO here has no schedules, its curve read at ``steps_per_learner`` is the same-per-learner
-baseline and its end point the same-total baseline.
+(two peers, distillation weight 0) and ``single`` (one RLlib learner of the same algorithm, PPO or
+SAC). The x-axis of every curve is environment steps *per learner*; ``single`` runs the peers' total
+budget by default, and since no learning-rate schedules are used, its curve read at
+``steps_per_learner`` is the same-per-learner baseline and its end point the same-total baseline.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 import ray
 from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -34,35 +36,56 @@ from ray.rllib.utils.metrics import (
 
 from raykd.errors import UserError
 from raykd.results import append_rows, config_hash, make_row
-from raykd.rl.dpd import DISTILL_LOSS_KEY, DPDConfig
+from raykd.rl.dpd import DISTILL_LOSS_KEY, DPDConfig, DPDSACConfig
 from raykd.rl.env import PeerEnv, learner_ids, policy_mapping_fn
 from raykd.rl.settings import Mode, RLSettings
 
-METHOD = {"dpd": "dpd-ppo", "independent": "independent-ppo", "ppo_single": "ppo"}
+ROLE = {"dpd": "dpd-", "independent": "independent-", "single": ""}
+
+
+def method_name(mode: Mode, algorithm: str = "ppo") -> str:
+    """Results-table method of a run: dpd-ppo, independent-ppo, ppo, dpd-sac, independent-sac, sac."""
+    return ROLE[mode] + algorithm
+
+
+METHOD = {mode: method_name(mode) for mode in ROLE}  # PPO names (kept for callers that predate SAC)
 CURVE_COLUMNS = ["mode", "seed", "iteration", "module", "steps", "env_steps", "return", "distill_loss", "time_s"]
 
 
-def build_config(settings: RLSettings, mode: Mode, seed: int) -> PPOConfig:
-    """The RLlib AlgorithmConfig of one run: ``DPDConfig`` for the peers, plain ``PPOConfig`` for one learner."""
+def build_config(settings: RLSettings, mode: Mode, seed: int) -> AlgorithmConfig:
+    """The RLlib AlgorithmConfig of one run: ``DPDConfig``/``DPDSACConfig`` for the peers, plain
+    ``PPOConfig``/``SACConfig`` for one learner."""
     s = settings
-    ids = learner_ids(1 if mode == "ppo_single" else 2)
-    config = PPOConfig() if mode == "ppo_single" else DPDConfig()
-    module = RLModuleSpec(model_config=DefaultModelConfig(
-        fcnet_hiddens=list(s.hidden), fcnet_activation=s.activation, vf_share_layers=False))
+    ids = learner_ids(1 if mode == "single" else 2)
+    if s.algorithm == "ppo":
+        config = PPOConfig() if mode == "single" else DPDConfig()
+        module = RLModuleSpec(model_config=DefaultModelConfig(
+            fcnet_hiddens=list(s.hidden), fcnet_activation=s.activation, vf_share_layers=False))
+        config = config.training(
+            lr=s.lr, gamma=s.gamma, lambda_=s.gae_lambda, clip_param=s.clip_param, vf_clip_param=s.vf_clip_param,
+            entropy_coeff=s.entropy_coeff, grad_clip=s.grad_clip, use_kl_loss=False,
+            train_batch_size_per_learner=s.train_batch_size, minibatch_size=s.minibatch_size, num_epochs=s.num_epochs)
+    else:
+        config = SACConfig() if mode == "single" else DPDSACConfig()
+        module = RLModuleSpec(model_config=DefaultModelConfig(
+            fcnet_hiddens=list(s.hidden), fcnet_activation=s.activation,
+            head_fcnet_hiddens=[], head_fcnet_activation=None))
+        config = config.training(
+            actor_lr=s.actor_lr, critic_lr=s.critic_lr, alpha_lr=s.entropy_lr, gamma=s.gamma, tau=s.tau,
+            train_batch_size_per_learner=s.train_batch_size, training_intensity=s.training_intensity,
+            num_steps_sampled_before_learning_starts=s.learning_starts,
+            replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": s.replay_capacity})
     config = (
         config.environment(PeerEnv, env_config={"env_id": s.env, "num_learners": len(ids)})
-        .env_runners(num_env_runners=s.num_env_runners, num_envs_per_env_runner=s.num_envs_per_env_runner)
+        .env_runners(num_env_runners=s.num_env_runners, num_envs_per_env_runner=s.num_envs_per_env_runner,
+                     rollout_fragment_length=s.rollout_fragment_length or "auto")
         .learners(num_learners=s.num_learners, num_gpus_per_learner=s.num_gpus_per_learner)
         .multi_agent(policies=set(ids), policy_mapping_fn=policy_mapping_fn)
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={aid: module for aid in ids}))
-        .training(lr=s.lr, gamma=s.gamma, lambda_=s.gae_lambda, clip_param=s.clip_param,
-                  vf_clip_param=s.vf_clip_param, entropy_coeff=s.entropy_coeff, grad_clip=s.grad_clip,
-                  use_kl_loss=False, train_batch_size_per_learner=s.train_batch_size,
-                  minibatch_size=s.minibatch_size, num_epochs=s.num_epochs)
         .reporting(metrics_num_episodes_for_smoothing=s.smoothing_episodes)
         .debugging(seed=seed)
     )
-    if mode != "ppo_single":
+    if mode != "single":
         weight = s.distill_weight if mode == "dpd" else 0.0
         config.distillation(alpha=s.alpha, weight=weight, batch_size=s.distill_batch,
                             interval=s.distill_interval, xi_clip=s.xi_clip, weight_clip=s.weight_clip)
@@ -73,14 +96,15 @@ def build_config(settings: RLSettings, mode: Mode, seed: int) -> PPOConfig:
 
 
 def run_budget(settings: RLSettings, mode: Mode) -> int:
-    """Environment steps per learner of one run (``ppo_single`` gets the peers' total by default)."""
-    return settings.steps_per_learner * (2 if mode == "ppo_single" and settings.single_budget == "total" else 1)
+    """Environment steps per learner of one run (``single`` gets the peers' total by default)."""
+    return settings.steps_per_learner * (2 if mode == "single" and settings.single_budget == "total" else 1)
 
 
 def policy_parameters(algo: Algorithm) -> int:
-    """Parameters of one learner's policy (actor encoder + action head; the value network excluded)."""
+    """Parameters of one learner's policy (actor encoder + action head; value networks and critics excluded)."""
     module = algo.get_module(learner_ids(1)[0])
-    return sum(p.numel() for n, p in module.named_parameters() if "critic" not in n and not n.startswith("vf"))
+    critic = ("vf", "qf", "target_")
+    return sum(p.numel() for n, p in module.named_parameters() if "critic" not in n and not n.startswith(critic))
 
 
 def _check_env(env_id: str) -> None:
@@ -158,10 +182,10 @@ def train_one(settings: RLSettings, mode: Mode, seed: int, out_dir: Path,
         "best_return": float(per_iter.max()), "final_return_per_learner": {r["module"]: r["return"] for r in final},
         "steps_per_s": sampled / elapsed if sampled > 0 else math.nan, "checkpoint": str(ckpt_dir),
     }
-    if mode == "ppo_single" and s.single_budget == "total":
+    if mode == "single" and s.single_budget == "total":
         seen = curve.dropna(subset=["return"])
         extra["return_at_per_learner_budget"] = float(np.interp(s.steps_per_learner, seen["steps"], seen["return"]))
-    row = make_row(method=METHOD[mode], dataset=s.env, student="mlp-" + "x".join(map(str, s.hidden)),
+    row = make_row(method=method_name(mode, s.algorithm), dataset=s.env, student="mlp-" + "x".join(map(str, s.hidden)),
                    params=float(params), accuracy=float("nan"), wall_time_s=time.perf_counter() - t0, seed=seed,
                    cfg_hash=config_hash(s.model_dump()), run_id=f"{name}-{config_hash(s.model_dump())}", extra=extra)
     return curve, row
@@ -186,7 +210,8 @@ def summarise_curves(curves: pd.DataFrame, points: int = 50) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
-def plot_curves(summary: pd.DataFrame, path: Path, title: str, steps_per_learner: int) -> None:
+def plot_curves(summary: pd.DataFrame, path: Path, title: str, steps_per_learner: int,
+                algorithm: str = "ppo") -> None:
     """Return vs environment steps per learner: mean over seeds, shaded +- one standard deviation."""
     import matplotlib
 
@@ -195,7 +220,7 @@ def plot_curves(summary: pd.DataFrame, path: Path, title: str, steps_per_learner
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for mode, df in summary.groupby("mode", sort=False):
-        ax.plot(df["steps"], df["mean"], label=f"{METHOD[mode]} (n={int(df['n_seeds'].iloc[0])})")
+        ax.plot(df["steps"], df["mean"], label=f"{method_name(mode, algorithm)} (n={int(df['n_seeds'].iloc[0])})")
         ax.fill_between(df["steps"], df["mean"] - df["std"], df["mean"] + df["std"], alpha=0.2)
     ax.axvline(steps_per_learner, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="environment steps per learner", ylabel="mean episode return", title=title)
@@ -245,5 +270,6 @@ def run(settings: RLSettings, out_dir: Path, resume: str | None = None) -> pd.Da
     all_curves.to_csv(out_dir / "curves.csv", index=False)
     summary = summarise_curves(all_curves)
     summary.to_csv(out_dir / "curves_summary.csv", index=False)
-    plot_curves(summary, out_dir / "curves.png", settings.env, settings.steps_per_learner)
+    plot_curves(summary, out_dir / "curves.png", f"{settings.env} ({settings.algorithm.upper()})",
+                settings.steps_per_learner, settings.algorithm)
     return pd.DataFrame(rows)

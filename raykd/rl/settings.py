@@ -7,26 +7,30 @@ from typing import Literal
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Mode = Literal["dpd", "independent", "ppo_single"]
+Mode = Literal["dpd", "independent", "single"]
+MODE_ALIASES = {"ppo_single": "single"}  # the name used before SAC joined
 
 
 class RLSettings(BaseModel):
     """Every field has a default; the YAML ``rl:`` section overrides any of them.
 
     Modes: ``dpd`` = two peers with the distillation term; ``independent`` = two peers, distillation
-    weight 0 (separates the effect of distillation from having two learners); ``ppo_single`` = one
-    PPO learner in the same harness.
+    weight 0 (separates the effect of distillation from having two learners); ``single`` = one
+    learner of the same algorithm in the same harness (``ppo_single`` is accepted as an alias).
+
+    ``algorithm`` picks the RL algorithm of every learner: ``ppo`` (on-policy, the paper's first
+    variant) or ``sac`` (off-policy; the paper used DDPG, both estimate V(s) from the critic).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     env: str = Field("HalfCheetah-v5", description="gymnasium id of a continuous-action task")
-    algorithm: Literal["ppo"] = "ppo"
-    modes: list[Mode] = Field(default_factory=lambda: ["dpd", "independent", "ppo_single"], min_length=1)
+    algorithm: Literal["ppo", "sac"] = "ppo"
+    modes: list[Mode] = Field(default_factory=lambda: ["dpd", "independent", "single"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     steps_per_learner: int = Field(100_000, ge=1, description="environment steps each peer learner takes")
     single_budget: Literal["total", "per_learner"] = Field(
-        "total", description="ppo_single gets the peers' total steps (2x) or one learner's steps")
+        "total", description="single gets the peers' total steps (2x) or one learner's steps")
 
     # distillation term (paper: alpha in [0.1, 10], batch 256)
     alpha: float = Field(1.0, ge=0)
@@ -36,23 +40,40 @@ class RLSettings(BaseModel):
     xi_clip: float = Field(5.0, gt=0, description="xi = V_peer - V_own is clipped to [-xi_clip, xi_clip]")
     weight_clip: float = Field(10.0, ge=1, description="weights exp(alpha*xi) are clipped at this value")
 
+    # shared by both algorithms
+    gamma: float = Field(0.99, gt=0, le=1)
+    train_batch_size: int | None = Field(
+        None, ge=32, description="RLlib's train_batch_size_per_learner: PPO env steps per iteration (default 2048); "
+        "SAC replay samples per update (default 256)")
+    hidden: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    activation: Literal["tanh", "relu"] = "tanh"
+
     # PPO (MuJoCo defaults of the PPO paper where RLlib allows)
     lr: float = Field(3e-4, gt=0)
-    gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
     clip_param: float = Field(0.2, gt=0)
     vf_clip_param: float = Field(1000.0, gt=0)
     entropy_coeff: float = Field(0.0, ge=0)
     grad_clip: float = Field(0.5, gt=0)
-    train_batch_size: int = Field(2048, ge=32, description="environment steps sampled per training iteration")
     minibatch_size: int = Field(64, ge=1)
     num_epochs: int = Field(10, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
-    activation: Literal["tanh", "relu"] = "tanh"
+
+    # SAC (Haarnoja et al. 2018 defaults where RLlib allows)
+    actor_lr: float = Field(3e-4, gt=0)
+    critic_lr: float = Field(3e-4, gt=0)
+    entropy_lr: float = Field(3e-4, gt=0, description="learning rate of the SAC temperature")
+    tau: float = Field(0.005, gt=0, le=1, description="target-critic soft-update rate")
+    replay_capacity: int = Field(1_000_000, ge=1, description="replay-buffer capacity, per learner")
+    learning_starts: int = Field(1_000, ge=0, description="environment steps sampled before SAC updates start")
+    training_intensity: float | None = Field(
+        None, gt=0, description="replayed : sampled steps ratio (RLlib's knob; None = RLlib's native ratio)")
 
     # scaling (RLlib's own knobs)
     num_env_runners: int = Field(0, ge=0, description="0 = sample in the driver process")
     num_envs_per_env_runner: int = Field(1, ge=1)
+    rollout_fragment_length: int | None = Field(
+        None, ge=1, description="env steps per sampling call (None = RLlib's 'auto'; SAC's auto is 1 step, so "
+        "a larger fragment amortises RLlib's per-call overhead)")
     num_learners: int = Field(0, ge=0, description="0 = one local learner")
     num_gpus_per_learner: float = Field(0.0, ge=0)
 
@@ -69,6 +90,11 @@ class RLSettings(BaseModel):
             raise ValueError(f"unknown gymnasium environment {v!r} (e.g. HalfCheetah-v5, InvertedPendulum-v5)")
         return v
 
+    @field_validator("modes", mode="before")
+    @classmethod
+    def _aliases(cls, v: object) -> object:
+        return [MODE_ALIASES.get(m, m) for m in v] if isinstance(v, list) else v
+
     @field_validator("seeds", "modes")
     @classmethod
     def _unique(cls, v: list) -> list:
@@ -78,6 +104,8 @@ class RLSettings(BaseModel):
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "RLSettings":
-        if self.minibatch_size > self.train_batch_size:
+        if self.train_batch_size is None:
+            self.train_batch_size = 2048 if self.algorithm == "ppo" else 256
+        if self.algorithm == "ppo" and self.minibatch_size > self.train_batch_size:
             raise ValueError("minibatch_size must be <= train_batch_size")
         return self

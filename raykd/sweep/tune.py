@@ -38,6 +38,9 @@ from raykd.config import parse_config
 from raykd.errors import UserError
 
 TRIAL_DRIVER_CPU = 0.01
+# one-section methods that `raykd sweep` runs as whole trials: method -> "module:function", called as
+# function(settings, out_dir) and returning results rows (the first row is the trial's headline)
+SECTION_SWEEPS = {"dataset_distill": "raykd.distill.dataset:run"}
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 
 
@@ -67,6 +70,13 @@ def trial_config(base: dict, sampled: dict) -> dict:
 
     cfg = copy.deepcopy(base)
     cfg.pop("sweep", None)
+    if cfg.get("method") in SECTION_SWEEPS:  # one-section methods: plain dotted keys
+        for key, value in sampled.items():
+            try:
+                _set_dotted(cfg, key, value)
+            except (IndexError, KeyError, TypeError, ValueError):
+                raise UserError(f"sweep.space.{key}: no such field in this config") from None
+        return cfg
     cfg["students"] = [cfg.get("students", [{}])[0] if cfg.get("students") else {"name": "cnn"}]
     for key, value in sampled.items():
         try:
@@ -146,6 +156,39 @@ def _run_trial(config: dict) -> None:
     append_rows(ctx["out"], [row], replace_run_ids=True)
 
 
+def _run_section_trial(config: dict) -> None:
+    """One trial of a one-section method (e.g. dataset distillation at one samples-per-class value):
+    the method's own ``run`` (which uses Ray Train and Ray tasks itself) into ``trials/<id>/``; its
+    rows are copied into the sweep's results table under ``<sweep_id>/<trial_id>/<method>``."""
+    import importlib
+
+    from raykd.config import METHOD_SECTIONS
+    from raykd.results import append_rows
+
+    ctx = config["_ctx"]
+    sampled = {k: v for k, v in config.items() if k != "_ctx"}
+    cfg = parse_config(trial_config(ctx["base"], sampled))
+    module, func = SECTION_SWEEPS[cfg.method].split(":")
+    settings = getattr(cfg, METHOD_SECTIONS[cfg.method][0])
+    trial_id = tune.get_context().get_trial_id()
+    df = getattr(importlib.import_module(module), func)(settings, Path(ctx["out"]) / "trials" / trial_id)
+    rows = df.to_dict("records")
+    for r in rows:
+        r["run_id"] = f"{ctx['sweep_id']}/{trial_id}/{r['method']}"
+        r["extra"] = json.dumps({**json.loads(r["extra"]), "trial_id": trial_id, "sampled": sampled}, default=str)
+    append_rows(ctx["out"], rows, replace_run_ids=True)
+    head = rows[0]
+    tune.report({"accuracy": float(head["accuracy"]), "ds": float(head["ds"]), "epoch": 1,
+                 "rows": len(rows), "method": head["method"]})
+
+
+def _reporter(parameters: list[str], metric: str):
+    """Tune's console table with the swept parameters and the headline metrics only (the default
+    would print every config entry, including the sweep's shared context)."""
+    metrics = list(dict.fromkeys([metric, "accuracy", "ds", "epoch"]))
+    return tune.CLIReporter(parameter_columns=parameters, metric_columns=metrics, max_report_frequency=30)
+
+
 def _searcher(sweep: dict, metric: str, mode: str):
     if sweep.get("search", "basic") == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -176,10 +219,8 @@ def sweep(cfg, resume: str | None = None):
     from raykd.distill.kd import ensure_teacher, teacher_task
     from raykd.engine.checkpoint import load_weights
     from raykd.models.size import size_report
-    from raykd.report import report
-    from raykd.results import read_results
 
-    if cfg.sweep is None:
+    if getattr(cfg, "sweep", None) is None:
         raise UserError("sweep: this config has no `sweep:` section with a search space")
     sw = cfg.sweep
     out = Path(resume or cfg.output_dir).resolve()
@@ -187,6 +228,10 @@ def sweep(cfg, resume: str | None = None):
     storage = out / "ray"
     base = cfg.model_dump()
     space = validate_space(base, sw.space)
+    if cfg.method in SECTION_SWEEPS:
+        sweep_id = _sweep_id(out, cfg.name, base)
+        ctx = {"base": base, "out": str(out), "sweep_id": sweep_id}
+        return _tune(cfg, _run_section_trial, space, ctx, out, resume, max_t=1, max_concurrent_default=1)
     teacher = ensure_teacher(cfg, storage)
     tm = build_method(teacher_task(cfg))
     t_model = load_weights(tm.build_student(), teacher["weights"])
@@ -198,14 +243,31 @@ def sweep(cfg, resume: str | None = None):
         get_or_build(TaskSpec(dataset=cfg.data.model_dump(), student={"name": spec.name, "args": spec.args},
                               teacher={"name": cfg.teacher.name, "args": cfg.teacher.args, "weights": teacher["weights"]},
                               losses=[l.as_dict() for l in cfg.losses], train=cfg.train.model_dump()), cfg.engine.model_dump())
-    state_file = out / "sweep.json"
-    sweep_id = json.loads(state_file.read_text())["sweep_id"] if state_file.exists() else f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    state_file.write_text(json.dumps({"sweep_id": sweep_id, "config": base}, default=str))
+    sweep_id = _sweep_id(out, cfg.name, base)
     ctx = {"base": base, "teacher_weights": teacher["weights"], "teacher_accuracy": teacher["accuracy"], "teacher_size": t_size,
            "storage": str(storage), "out": str(out), "sweep_id": sweep_id, "method_label": sw.label}
+    return _tune(cfg, _run_trial, space, ctx, out, resume, max_t=cfg.train.epochs,
+                 max_concurrent_default=max_concurrent(cfg))
+
+
+def _sweep_id(out: Path, name: str, base: dict) -> str:
+    """The sweep's id, kept in ``sweep.json`` so that a resumed sweep keeps its rows' run ids."""
+    state_file = out / "sweep.json"
+    sweep_id = json.loads(state_file.read_text())["sweep_id"] if state_file.exists() else f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    state_file.write_text(json.dumps({"sweep_id": sweep_id, "config": base}, default=str))
+    return sweep_id
+
+
+def _tune(cfg, trial_fn, space: dict, ctx: dict, out: Path, resume: str | None, max_t: int,
+          max_concurrent_default: int):
+    """Run (or restore) the Tuner over ``space``; then render the leaderboard of the sweep's rows."""
+    from raykd.report import report
+    from raykd.results import read_results
+
+    sw, sweep_id = cfg.sweep, ctx["sweep_id"]
     metric, mode = sw.metric, ("min" if sw.metric == "ds" else "max")
-    # the trial itself only drives a TorchTrainer (whose workers request their own resources)
-    trainable = tune.with_resources(_run_trial, {"CPU": TRIAL_DRIVER_CPU})
+    # the trial itself only drives Ray Train / Ray tasks (which request their own resources)
+    trainable = tune.with_resources(trial_fn, {"CPU": TRIAL_DRIVER_CPU})
     tune_dir = out / "tune"
     if resume:
         if not (tune_dir / cfg.name).exists():
@@ -218,15 +280,16 @@ def sweep(cfg, resume: str | None = None):
             trainable, param_space={**space, "_ctx": ctx},
             tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=sw.num_samples,
                                         search_alg=_searcher(sw.model_dump(), metric, mode),
-                                        scheduler=_scheduler(sw.model_dump(), metric, mode, cfg.train.epochs),
-                                        max_concurrent_trials=sw.max_concurrent_trials or max_concurrent(cfg)),
+                                        scheduler=_scheduler(sw.model_dump(), metric, mode, max_t),
+                                        max_concurrent_trials=sw.max_concurrent_trials or max_concurrent_default),
             run_config=tune.RunConfig(name=cfg.name, storage_path=str(tune_dir),
-                                      failure_config=tune.FailureConfig(max_failures=sw.max_failures)))
+                                      failure_config=tune.FailureConfig(max_failures=sw.max_failures),
+                                      progress_reporter=_reporter(list(space), metric)))
     grid = tuner.fit()
     errors = [r.error for r in grid if r.error]
     df = read_results(out)
     df = df[df["run_id"].str.startswith(f"{sweep_id}/")]
-    print(f"[raykd] sweep {sweep_id}: {len(df)} trials with results, {len(errors)} errored", flush=True)
+    print(f"[raykd] sweep {sweep_id}: {len(df)} rows with results, {len(errors)} trials errored", flush=True)
     report(out, df=df, a=cfg.metric.a, size=cfg.metric.size)
     return df
 
