@@ -25,15 +25,24 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from raykd.rl.runner import method_name, run
+from raykd.rl.runner import last_finite, method_name, run
 from raykd.rl.settings import RLSettings
 
 HERE = Path(__file__).resolve().parent
 
 
-def summarise(env: str, rows: pd.DataFrame, settings: RLSettings) -> list[dict]:
-    """One line per method: final/best return over seeds (plus PPO at the same per-learner steps)."""
-    extra = pd.DataFrame([json.loads(e) for e in rows["extra"]])
+def returns_from_curve(out_env: Path, extra: dict, seed: int) -> dict:
+    """Final (last finite) and best peer-mean return of one run, read back from its saved curve."""
+    curve = pd.read_csv(out_env / "curves" / f"{extra['mode']}-s{seed}.csv")
+    per_iter = curve.groupby("iteration")["return"].mean()
+    return {**extra, "final_return": last_finite(per_iter), "best_return": float(per_iter.max())}
+
+
+def summarise(env: str, rows: pd.DataFrame, settings: RLSettings, out_env: Path) -> list[dict]:
+    """One line per method: final/best return over seeds (plus the single learner at the same
+    per-learner steps). Returns are read from the runs' saved curves."""
+    extra = pd.DataFrame([returns_from_curve(out_env, json.loads(e), int(seed))
+                          for e, seed in zip(rows["extra"], rows["seed"])])
     extra["method"] = rows["method"].to_numpy()
     lines = []
     for method, df in extra.groupby("method", sort=False):
@@ -70,10 +79,13 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--out", type=Path, default=HERE / "out" / "dpd")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="train nothing: rebuild the table from the results and curves already under --out")
     args = p.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    if not args.summarise_only:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     start, table, budgets = time.perf_counter(), [], {}
     try:
         for env in args.envs:
@@ -84,9 +96,14 @@ def main() -> None:
                                   train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
                                   num_epochs=args.num_epochs, alpha=args.alpha, distill_weight=args.distill_weight)
             budgets[env] = settings.model_dump()
-            rows = run(settings, args.out / env)
-            table += summarise(env, rows, settings)
-            report(args, table, budgets, time.perf_counter() - start, settings.algorithm)  # written after every task
+            if args.summarise_only:
+                rows = pd.read_csv(args.out / env / "results.csv")
+                wall = json.loads((args.out.parent / f"{args.out.name}.json").read_text())["wall_time_s"]
+            else:
+                rows = run(settings, args.out / env)
+                wall = time.perf_counter() - start
+            table += summarise(env, rows, settings, args.out / env)
+            report(args, table, budgets, wall, settings.algorithm)  # written after every task
     finally:
         ray.shutdown()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -227,12 +228,15 @@ def test_sac_zero_distillation_weight_gives_exactly_the_independent_sac_update()
 
 
 @pytest.mark.ray
-def test_short_sac_run_distillation_loss_decreases_and_checkpoint_restores(ray_session, tmp_path):
+def test_short_sac_run_distillation_loss_decreases_and_checkpoint_restores(ray_session, tmp_path, monkeypatch):
     """DPD-SAC on InvertedPendulum-v5 through the runner: J falls as the peers learn from each other,
-    the run writes curves and a row, and its RLlib checkpoint restores as a DPD-SAC algorithm."""
+    the run writes curves and a row, and its RLlib checkpoint restores as a DPD-SAC algorithm. The
+    output directory is given relative, as configs do (RLlib's checkpointing needs it made absolute)."""
     settings = RLSettings(**{**SAC_TINY, "train_batch_size": 128, "learning_starts": 200}, modes=["dpd"],
                           seeds=[0], steps_per_learner=1200, training_intensity=32, distill_batch=128)
-    rows = run(settings, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rows = run(settings, Path("runs") / "sac")
+    tmp_path = tmp_path / "runs" / "sac"
     assert rows["method"].tolist() == ["dpd-sac"]
     curve = pd.read_csv(tmp_path / "curves" / "dpd-s0.csv")
     j = curve.dropna(subset=["distill_loss"]).groupby("iteration")["distill_loss"].mean()

@@ -178,7 +178,7 @@ def train_one(settings: RLSettings, mode: Mode, seed: int, out_dir: Path,
     curve = pd.DataFrame(records, columns=CURVE_COLUMNS)
     per_iter = curve.groupby("iteration")["return"].mean()  # peer-mean return per iteration
     extra = {
-        "env": s.env, "mode": mode, "steps_per_learner": float(steps), "final_return": float(per_iter.iloc[-1]),
+        "env": s.env, "mode": mode, "steps_per_learner": float(steps), "final_return": last_finite(per_iter),
         "best_return": float(per_iter.max()), "final_return_per_learner": {r["module"]: r["return"] for r in final},
         "steps_per_s": sampled / elapsed if sampled > 0 else math.nan, "checkpoint": str(ckpt_dir),
     }
@@ -189,6 +189,12 @@ def train_one(settings: RLSettings, mode: Mode, seed: int, out_dir: Path,
                    params=float(params), accuracy=float("nan"), wall_time_s=time.perf_counter() - t0, seed=seed,
                    cfg_hash=config_hash(s.model_dump()), run_id=f"{name}-{config_hash(s.model_dump())}", extra=extra)
     return curve, row
+
+
+def last_finite(series: pd.Series) -> float:
+    """The last non-NaN value (an iteration in which no episode ended reports no return)."""
+    finite = series.dropna()
+    return float(finite.iloc[-1]) if len(finite) else math.nan
 
 
 def summarise_curves(curves: pd.DataFrame, points: int = 50) -> pd.DataFrame:
@@ -236,9 +242,9 @@ def run(settings: RLSettings, out_dir: Path, resume: str | None = None) -> pd.Da
     ``resume`` is a previous ``out_dir``: finished runs are reused, unfinished ones continue from
     their last RLlib checkpoint. Returns the results rows of this call as a DataFrame.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # RLlib's checkpointing (pyarrow) needs absolute paths
     out_dir.mkdir(parents=True, exist_ok=True)
-    resume_dir = Path(resume) if resume else None
+    resume_dir = Path(resume).resolve() if resume else None
     if resume_dir is not None and not resume_dir.is_dir():
         raise UserError(f"resume: {resume} is not a directory; pass the output_dir of an earlier rl run")
     _check_env(settings.env)
