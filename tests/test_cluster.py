@@ -320,21 +320,3 @@ def test_rllib_env_runner_killed_is_restarted(ray_session):
     finally:
         algo.stop()
 
-
-@pytest.mark.slow
-def test_sweep_job_runs_on_both_nodes(cluster, tmp_path):
-    """`raykd submit --sweep` through the job server: a 2-trial raykd sweep whose trials' Train workers
-    span both nodes; every trial lands one row in the sweep's results table."""
-    import pandas as pd
-
-    from raykd.submit import submit
-
-    out = tmp_path / "sweep"
-    overrides = SMALL_KD + ["engine.teacher_cache=false", "sweep.space={train.lr: {grid: [0.002, 0.005]}}"]
-    job_id, rc = submit(str(REPO / "configs" / "mnist_sweep.yaml"), cluster.dashboard_url, overrides,
-                        command="sweep", output_dir=str(out))
-    assert rc == 0, cluster.root
-    rows = pd.read_csv(out / "results.csv")
-    assert len(rows) == 2 and rows["run_id"].nunique() == 2 and rows["accuracy"].gt(0.2).all()
-    nodes = {a["node_id"] for a in cluster.actors("RayTrainWorker")}
-    assert {cluster.node_id("head"), cluster.node_id("b")} <= nodes

@@ -299,6 +299,7 @@ def add_subparser(sub) -> None:
     p.add_argument("config", nargs="?")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep in RUN_DIR")
+    p.add_argument("--output-dir", default=None, help="override output_dir (use storage every node can reach)")
     p.set_defaults(fn=cmd_sweep)
 
 
@@ -312,7 +313,8 @@ def cmd_sweep(args) -> int:
             raise UserError(f"--resume {args.resume}: no sweep.json here; pass the run directory of a sweep")
         cfg = _parse(json.loads(state.read_text())["config"], str(state))
     elif args.config:
-        cfg = load_config(args.config, args.set)
+        overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+        cfg = load_config(args.config, overrides)
     else:
         raise UserError("sweep: give a CONFIG or --resume RUN_DIR")
     init_ray(cfg.ray)
