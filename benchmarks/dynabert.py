@@ -45,7 +45,7 @@ def main() -> None:
 
     from raykd.distill.dynabert import DynaBertSettings, run
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     out = Path(args.out)
     frames, t_start = [], time.time()
     for loss in args.losses:

@@ -5,7 +5,7 @@ By default it starts the one-machine two-node cluster of :mod:`raykd.cluster` (h
 ``--cpus-per-node`` logical CPUs, token auth on); with ``--address`` it runs on an existing cluster
 (e.g. one started from ``cluster.yaml``: ``--address auto`` on the head node).
 
-    flock /tmp/raykd-heavy.lock python benchmarks/scaling.py            # table + benchmarks/out/scaling.json
+    python benchmarks/scaling.py            # table + benchmarks/scaling_summary.json (about 2.5 min here)
 
 Measured per (workers, placement), on MNIST (``--train-subset`` examples) with the cached
 ``configs/mnist_kd.yaml`` teacher (trained once if missing) and its middle student (cnn 8-16):
@@ -88,11 +88,15 @@ def teacher_pool_rate(task, workers: int) -> float:
     return rows_after_first / max(1e-9, last_t - first_t)
 
 
-def train_worker_nodes() -> dict[str, str]:
-    """actor id -> node id of every Ray Train worker the cluster has started (state API)."""
+def actor_nodes() -> dict[str, tuple[str, str]]:
+    """actor id -> (class name, node id) of every actor the cluster has started (state API)."""
     from ray.util.state import list_actors
 
-    return {a.actor_id: a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10000)}
+    return {a.actor_id: (a.class_name, a.node_id) for a in list_actors(limit=10000)}
+
+
+def nodes_of(actors: dict[str, tuple[str, str]], class_contains: str) -> list[str]:
+    return sorted(node[:8] for cls, node in actors.values() if class_contains in cls)
 
 
 def run(args) -> list[dict]:
@@ -103,19 +107,22 @@ def run(args) -> list[dict]:
     for workers in args.workers:
         for placement in ("colocated", "actor_pool"):
             engine = {"num_workers": workers, "teacher_placement": placement, "teacher_actors": workers,
-                      "teacher_cpus": 1.0, "cpus_per_worker": 1.0, "use_gpu": False}
-            before = train_worker_nodes()
+                      "teacher_cpus": 1.0, "cpus_per_worker": 1.0, "use_gpu": False,
+                      "placement_strategy": args.placement_strategy}
+            before = actor_nodes()
             t0 = time.time()
             result = fit(task, engine, f"scaling-{placement}-{workers}-{int(t0)}", REPO / "runs" / "scaling" / "ray",
                          label=f"{student} {placement} x{workers}")
             wall = time.time() - t0
-            new = {a: n for a, n in train_worker_nodes().items() if a not in before}
+            new = {a: v for a, v in actor_nodes().items() if a not in before}  # the actors of this fit only
             teacher_rate = teacher_colocated_rate(task, workers) if placement == "colocated" else teacher_pool_rate(task, workers)
             row = {"workers": workers, "placement": placement,
                    "train_samples_per_s": round(float(result.metrics["samples_per_s"]), 1),
                    "teacher_samples_per_s": round(teacher_rate, 1),
                    "accuracy": round(float(result.metrics["accuracy"]), 4), "fit_wall_s": round(wall, 1),
-                   "worker_nodes": sorted(n[:8] for n in new.values())}
+                   "worker_nodes": nodes_of(new, "RayTrainWorker"),
+                   # Ray Data's teacher actors (actor_pool only; a fresh pool per epoch): the nodes they ran on
+                   "teacher_actor_nodes": sorted(set(nodes_of(new, "MapWorker")))}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -126,10 +133,12 @@ def main() -> int:
     p.add_argument("--address", default=None, help="existing cluster (e.g. auto); default: start the one-machine 2-node cluster")
     p.add_argument("--cpus-per-node", type=int, default=2, help="logical CPUs per node of the local cluster")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--placement-strategy", default="SPREAD", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
+                   help="placement of the Train workers (engine.placement_strategy); SPREAD puts 2 workers on 2 nodes")
     p.add_argument("--train-subset", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "scaling.json"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "scaling_summary.json"), help="JSON of the table (committed for the default run)")
     args = p.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -158,12 +167,14 @@ def main() -> int:
     import ray
 
     info = {"cluster": args.address or f"one machine, 2 nodes x {args.cpus_per_node} logical CPUs ({os.cpu_count()} cores)",
-            "train_subset": args.train_subset, "epochs": args.epochs, "batch_size": args.batch_size,
+            "placement_strategy": args.placement_strategy, "train_subset": args.train_subset, "epochs": args.epochs, "batch_size": args.batch_size,
             "ray": ray.__version__, **cluster_info}
-    print(f"\n{'workers':>7} {'placement':>10} {'train samples/s':>16} {'teacher samples/s':>18} {'acc':>7} {'fit s':>6}  worker nodes")
+    print(f"\n{'workers':>7} {'placement':>10} {'train samples/s':>16} {'teacher samples/s':>18} {'acc':>7} {'fit s':>6}  "
+          f"{'worker nodes':<20} teacher actor nodes")
     for r in rows:
         print(f"{r['workers']:>7} {r['placement']:>10} {r['train_samples_per_s']:>16.1f} {r['teacher_samples_per_s']:>18.1f} "
-              f"{r['accuracy']:>7.4f} {r['fit_wall_s']:>6.1f}  {' '.join(r['worker_nodes'])}")
+              f"{r['accuracy']:>7.4f} {r['fit_wall_s']:>6.1f}  {' '.join(r['worker_nodes']):<20} "
+              f"{' '.join(r['teacher_actor_nodes']) or '-'}")
     print(json.dumps(info))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

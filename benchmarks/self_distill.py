@@ -120,7 +120,7 @@ def main() -> None:
 
     from raykd.distill.self_distill import run
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     report: dict = {"paper": "Zhang & Sabuncu, Self-Distillation as Instance-Specific Label Smoothing (NeurIPS 2020)",
                     "machine": f"{os.cpu_count()} CPU cores, shared with other jobs; no GPU", "datasets": {}}
     previous = Path(args.out).parent / "self_distill.json"

@@ -29,7 +29,8 @@ class Strict(BaseModel):
 class RayConfig(Strict):
     address: str | None = Field(None, description="Ray address to connect to; None starts a local Ray in-process")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
-    dashboard: bool = Field(True, description="start the dashboard (bound to 127.0.0.1) for a local Ray")
+    dashboard: bool = Field(True, description="start the dashboard (bound to 127.0.0.1) for a local Ray; Ray Train's "
+                            "placement-group cleaner reads actor states through it, and without it logs a warning every second")
 
 
 class MetricConfig(Strict):
@@ -131,6 +132,8 @@ class EngineConfig(Strict):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel student training)")
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them")
     cpus_per_worker: float = Field(1.0, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy of the Train workers; SPREAD puts them on different nodes when they fit")
     teacher_placement: Literal["colocated", "actor_pool"] = "colocated"
     teacher_actors: int = Field(1, ge=1, description="actor_pool: number of teacher-inference actors")
     teacher_gpus: float = Field(0.25, ge=0, le=1, description="actor_pool: GPU fraction per teacher actor when GPUs exist")

@@ -3,7 +3,7 @@ two-node Ray cluster on this machine, and fault tolerance (each fault test kills
 a process that the test itself started).
 
 Default suite: config validation, security checks, and one multi-node distillation job (~1-2 min).
-``-m slow``: a sweep with a node killed, a Train worker killed, an RLlib env runner killed.
+``-m slow``: a sweep submitted as a job to both nodes, a sweep with a node killed, a Train worker killed, an RLlib env runner killed.
 """
 
 from __future__ import annotations
@@ -166,6 +166,32 @@ def test_distillation_job_runs_on_both_nodes(cluster, tmp_path):
     nodes = {a["node_id"] for a in workers}
     assert {cluster.node_id("head"), cluster.node_id("b")} <= nodes
     assert all(a["state"] == "DEAD" for a in workers)  # finished and cleaned up
+
+
+@pytest.mark.slow
+def test_sweep_job_runs_on_both_nodes(cluster, tmp_path):
+    """`raykd submit --sweep`: a 2-trial KD sweep as a job; each trial's 2 Train workers (0.5 CPU each,
+    SPREAD) fit next to the trial's own 0.01-CPU driver on the two 1-CPU nodes."""
+    from raykd.results import read_results
+    from raykd.submit import submit
+
+    out = tmp_path / "sweep"
+    sets = ["data.train_subset=1200", "data.test_subset=300", "teacher.train.epochs=1", "train.epochs=1",
+            "engine.num_workers=2", "engine.cpus_per_worker=0.5", "engine.placement_strategy=SPREAD",
+            "sweep.space={student.args.widths: {grid: [[2, 4], [4, 8]]}}"]
+    job_id, rc = submit(str(REPO / "configs" / "mnist_sweep.yaml"), cluster.dashboard_url, sets,
+                        command="sweep", output_dir=str(out))
+    assert rc == 0, cluster.root
+    sweep_id = json.loads((out / "sweep.json").read_text())["sweep_id"]
+    df = read_results(out)
+    trials = df[df["run_id"].str.startswith(f"{sweep_id}/")]
+    # one row per grid point (the quality of such tiny 1-epoch students is tested elsewhere)
+    assert sorted(trials["student"]) == ["cnn(hidden=16,widths=[2, 4])", "cnn(hidden=16,widths=[4, 8])"], trials
+    assert trials["accuracy"].between(0, 1).all() and trials["ds"].notna().all()
+    assert (out / "leaderboard.csv").exists() and (out / "accuracy_vs_size.png").exists()
+    workers = cluster.actors("RayTrainWorker")
+    assert {cluster.node_id("head"), cluster.node_id("b")} <= {a["node_id"] for a in workers}
+    assert all(a["state"] == "DEAD" for a in workers)
 
 
 # ---- fault tolerance (slow) -----------------------------------------------------------------------

@@ -31,6 +31,7 @@ def _write(tmp_path: Path, text: str) -> str:
     ("method: kdd\n", "unknown method 'kdd'; did you mean 'kd'"),
     ("method: kd\nname: !!python/object/apply:os.system ['echo pwned']\n", "cannot execute code"),
     ("method: kd\ntrain: [unclosed\n", "not valid YAML"),
+    ("method: kd\nengine: {placement_strategy: SPREADD}\n", "engine.placement_strategy"),
 ])
 def test_bad_config_exits_2_with_one_sentence(tmp_path, capsys, text, needle):
     rc = main(["run", _write(tmp_path, text)])

@@ -163,7 +163,8 @@ class PeerDistillationMixin:
 
     Subclasses say what a state's action and value are for their algorithm: ``peer_states_and_actions``
     (the peer's states in this batch and its actions there, detached), ``policy_action`` (the own
-    policy's action, differentiable) and ``state_value`` (V(s), no gradient)."""
+    policy's action, differentiable) and ``state_value`` (V(s), no gradient; it is also handed the
+    module's own deterministic action at those states, already computed, for critics that need one)."""
 
     def compute_losses(self, *, fwd_out: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
         losses = super().compute_losses(fwd_out=fwd_out, batch=batch)  # the RL loss of every module
@@ -191,7 +192,8 @@ class PeerDistillationMixin:
             states, mu_peer = states[idx], mu_peer[idx]
         mu_own = self.policy_action(own, states)
         with torch.no_grad():
-            xi = self.state_value(peer, states) - self.state_value(own, states)  # xi(s) = V~(s) - V(s)
+            # xi(s) = V~(s) - V(s)
+            xi = self.state_value(peer, states, mu_peer.detach()) - self.state_value(own, states, mu_own.detach())
             w = disadvantage_weights(xi, cfg.distill_alpha, cfg.distill_xi_clip, cfg.distill_weight_clip)
         d = (mu_own - mu_peer.detach()).pow(2).sum(-1)  # D(pi_theta(s), pi~(s)) = ||mu_theta(s) - mu~(s)||^2
         j = (w * d).mean()
@@ -219,8 +221,8 @@ class DPDTorchLearner(PeerDistillationMixin, PPOTorchLearner):
         module = self.module[module_id].unwrapped()
         return gaussian_mean(module.forward_train({Columns.OBS: states})[Columns.ACTION_DIST_INPUTS])
 
-    def state_value(self, module_id: ModuleID, states: torch.Tensor) -> torch.Tensor:
-        return self.module[module_id].unwrapped().compute_values({Columns.OBS: states})
+    def state_value(self, module_id: ModuleID, states: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.module[module_id].unwrapped().compute_values({Columns.OBS: states})  # PPO's value head
 
 
 def squashed_action(action_dist_inputs: torch.Tensor) -> torch.Tensor:
@@ -247,8 +249,6 @@ class DPDSACTorchLearner(PeerDistillationMixin, SACTorchLearner):
         module = self.module[module_id].unwrapped()
         return squashed_action(module.pi(module.pi_encoder({Columns.OBS: states})[ENCODER_OUT]))
 
-    def state_value(self, module_id: ModuleID, states: torch.Tensor) -> torch.Tensor:
-        """V(s) = min over the twin critics of Q(s, tanh(mean(s)))."""
-        module = self.module[module_id].unwrapped()
-        action = self.policy_action(module_id, states)
-        return module.compute_q_values({Columns.OBS: states, Columns.ACTIONS: action})
+    def state_value(self, module_id: ModuleID, states: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """V(s) = min over the twin critics of Q(s, mu(s)), mu(s) = tanh(mean(s)) the module's ``action``."""
+        return self.module[module_id].unwrapped().compute_q_values({Columns.OBS: states, Columns.ACTIONS: action})
