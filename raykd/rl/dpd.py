@@ -158,6 +158,28 @@ class DPDSAC(SAC):
         return DPDSACConfig()
 
 
+def average_across_learners(grads: dict, params: dict) -> None:
+    """Average ``grads`` (parameter id -> gradient or None) over all learner processes, in place, with
+    one all-reduce of all gradients flattened in a fixed order (the same on every learner). A gradient
+    that is None on some learners counts as zero there (``params`` gives its shape); one that is None
+    on all of them stays None."""
+    import torch.distributed as dist
+
+    keys = sorted(grads, key=str)
+    if not keys:
+        return
+    device = params[keys[0]].device
+    present = torch.tensor([grads[k] is not None for k in keys], dtype=torch.float32, device=device)
+    dist.all_reduce(present)
+    keys = [k for k, n in zip(keys, present.tolist()) if n > 0]
+    local = [grads[k] if grads[k] is not None else torch.zeros_like(params[k]) for k in keys]
+    flat = torch.cat([g.reshape(-1) for g in local])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for k, g, avg in zip(keys, local, torch.split(flat, [g.numel() for g in local])):
+        grads[k] = avg.view_as(g)
+
+
 class PeerDistillationMixin:
     """Adds lambda * J(theta) to each peer's loss inside ``compute_losses`` (RLlib Learner mixin).
 
@@ -181,6 +203,25 @@ class PeerDistillationMixin:
 
     def add_distillation_term(self, own: ModuleID, term: torch.Tensor, losses: dict[str, Any]) -> None:
         losses[own] = losses[own] + term
+
+    # Several learner actors (num_learners > 1). RLlib wraps each peer module in its own DDP; with two
+    # DDP reducers of identically shaped modules on one process group, the learners' copies of the
+    # peers were seen to drift apart now and then, even with the distillation weight at 0 (a plain
+    # one-module PPO stayed in sync). A likely cause: the two reducers' bucket all-reduces can pair
+    # up across learners in different orders, which goes unnoticed because the shapes match. So DDP
+    # keeps only its start-up broadcast of rank 0's weights, and the gradients are averaged here.
+    def _make_modules_ddp_if_necessary(self) -> None:
+        super()._make_modules_ddp_if_necessary()
+        if self.config.num_learners > 1:
+            for key in self._module.keys():
+                if isinstance(self._module[key], torch.nn.parallel.DistributedDataParallel):
+                    self._module[key].require_backward_grad_sync = False  # what DDP.no_sync() sets
+
+    def compute_gradients(self, loss_per_module: dict[str, Any], **kwargs) -> dict:
+        grads = super().compute_gradients(loss_per_module, **kwargs)
+        if self.config.num_learners > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            average_across_learners(grads, self._params)
+        return grads
 
     def distillation_loss(self, *, own: ModuleID, peer: ModuleID, fwd_out: dict[str, Any],
                           batch: dict[str, Any]) -> torch.Tensor:
