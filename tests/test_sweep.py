@@ -143,7 +143,8 @@ def test_resume_after_killed_driver_has_no_duplicate_or_missing_trial(tmp_path):
     assert done_before < 4, "the driver was killed too late to test resume"
     rc = subprocess.run([sys.executable, "-m", "raykd.cli", "sweep", "--resume", str(out)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
-    assert rc.returncode == 0, rc.stderr[-2000:]
+    errors = [l for l in rc.stderr.splitlines() if "Error" in l or "error:" in l][-15:]
+    assert rc.returncode == 0, "\n".join(errors) + "\n" + rc.stdout[-1500:]
     df = read_results(out)
     assert len(df) == 4 and df["run_id"].is_unique
     sampled = sorted(tuple(sorted(map(str, __import__("json").loads(e)["sampled"].values()))) for e in df["extra"])

@@ -49,7 +49,7 @@ def save_state(directory: str | Path, model: nn.Module, optimizer: torch.optim.O
             save_weights(mod, directory / f"{name}.safetensors")
     if optimizer is not None:
         torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    (directory / "state.json").write_text(json.dumps(state))
+    (directory / "state.json").write_text(json.dumps(state, default=float))  # numpy / 0-d tensor scalars
     return directory
 
 

@@ -117,6 +117,12 @@ def train_loop_per_worker(config: dict) -> None:
     per_rank = n // world
     steps_per_epoch = math.ceil(per_rank / bs)
     total_steps = epochs * steps_per_epoch
+    if ckpt and start_epoch >= epochs and state.get("metrics"):
+        # every epoch had finished before the interruption (e.g. a sweep driver killed after the last
+        # checkpoint): report the final metrics again, so that Tune and the caller get this run's result
+        with ckpt.as_directory() as d:
+            ray.train.report(state["metrics"], checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+        return
 
     for epoch in range(start_epoch, epochs):
         if config.get("progress_dir"):
@@ -196,7 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
         if (epoch + 1) % int(engine.get("checkpoint_every", 1)) == 0 or last:
             with tempfile.TemporaryDirectory() as d:
                 if rank == 0:
-                    save_state(d, model, optimizer, {"epoch": epoch + 1, "step": step}, {"loss": loss_fn})
+                    save_state(d, model, optimizer, {"epoch": epoch + 1, "step": step, "metrics": metrics}, {"loss": loss_fn})
                     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
                 else:
                     ray.train.report(metrics)
