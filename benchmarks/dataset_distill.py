@@ -82,8 +82,9 @@ def main() -> None:
     if args.soft_only:
         cli["baselines"] = False
     torch.set_num_threads(2)
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    from raykd.runtime import init_ray
+
+    init_ray(num_cpus=2)
     out = Path(args.out)
     table, all_rows = [], []
     t_bench = time.time()

@@ -85,7 +85,9 @@ def main() -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.summarise_only:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        from raykd.runtime import init_ray
+
+        init_ray(num_cpus=os.cpu_count(), dashboard=False)
     start, table, budgets = time.perf_counter(), [], {}
     try:
         for env in args.envs:

@@ -44,8 +44,9 @@ def main() -> None:
     import ray
 
     from raykd.distill.dynabert import DynaBertSettings, run
+    from raykd.runtime import init_ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    init_ray(num_cpus=2)
     out = Path(args.out)
     frames, t_start = [], time.time()
     for loss in args.losses:

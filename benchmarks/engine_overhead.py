@@ -68,12 +68,10 @@ def plain_loop(task: TaskSpec, threads: int) -> list[float]:
 
 
 def ray_train(task: TaskSpec, threads: int, storage: Path) -> list[float]:
-    import ray
-
     from raykd.engine.trainer import fit
+    from raykd.runtime import init_ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(2, threads), include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    init_ray(num_cpus=max(2, threads))
     result = fit(task, {"num_workers": 1, "cpus_per_worker": threads, "teacher_placement": "colocated",
                         "checkpoint_every": 1000}, f"engine-overhead-{int(time.time())}", storage)
     return [float(v) for v in result.metrics["samples_per_s_by_epoch"]]

@@ -89,8 +89,9 @@ def main() -> None:
     from raykd.distill.kd import ensure_teacher
     from raykd.distill.lm import MINILM_TEACHER_TRAIN
     from raykd.engine.trainer import fit
+    from raykd.runtime import init_ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    init_ray(num_cpus=2)
     storage = Path(args.out).resolve().parent / "ray_lm_distill"
     data_full = {"name": "movie_reviews", "max_length": args.max_length}
     tcfg = DistillConfig.model_validate({"data": data_full, "teacher": {"name": "minilm-l6", "train": MINILM_TEACHER_TRAIN},

@@ -145,9 +145,9 @@ def main() -> int:
 
     cluster_info: dict = {}
     if args.address:
-        import ray
+        from raykd.runtime import init_ray
 
-        ray.init(address=args.address)
+        init_ray(args.address)
         rows = run(args)
     else:
         from raykd.cluster import LocalCluster, NodeSpec
@@ -158,7 +158,9 @@ def main() -> int:
             os.environ.update(c.auth_env())  # this driver authenticates with the cluster's token
             import ray
 
-            ray.init(address=c.gcs_address, logging_level="WARNING")
+            from raykd.runtime import init_ray
+
+            init_ray(c.gcs_address)
             try:
                 rows = run(args)
                 cluster_info = {"nodes": {name: c.node_id(name)[:8] for name in c.nodes}}

@@ -119,8 +119,9 @@ def main() -> None:
     import ray
 
     from raykd.distill.self_distill import run
+    from raykd.runtime import init_ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    init_ray(num_cpus=2)
     report: dict = {"paper": "Zhang & Sabuncu, Self-Distillation as Instance-Specific Label Smoothing (NeurIPS 2020)",
                     "machine": f"{os.cpu_count()} CPU cores, shared with other jobs; no GPU", "datasets": {}}
     previous = Path(args.out).parent / "self_distill.json"

@@ -44,15 +44,14 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "sweep_cache.json"))
     args = p.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    import ray
-
     from raykd.distill.base import TaskSpec
     from raykd.distill.kd import ensure_teacher
     from raykd.engine.teacher_cache import built_examples, cache_key
     from raykd.paths import cache_dir
+    from raykd.runtime import init_ray
     from raykd.sweep.tune import sweep
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    init_ray(num_cpus=2)
     root = Path(args.out).parent / "sweep_cache"
     shutil.rmtree(root, ignore_errors=True)
     # the fine-tuned teacher is shared by both sweeps (trained once, cached) and not timed

@@ -16,7 +16,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import os
 import sys
 from typing import Callable
 
@@ -43,18 +42,43 @@ def _runner(method: str) -> Callable:
 
 def init_ray(ray_cfg) -> None:
     """Connect to the cluster in ``ray.address``/``RAY_ADDRESS`` (e.g. under ``ray job submit``), else
-    start a local Ray in-process with its dashboard (if any) bound to 127.0.0.1."""
-    import ray
+    start an isolated, loopback-only local Ray in-process (see ``raykd.runtime``)."""
+    from raykd.runtime import init_ray as start_or_join
 
-    if ray.is_initialized():
-        return
-    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=ray_cfg.dashboard, dashboard_host="127.0.0.1",
-                 configure_logging=True, logging_level="WARNING")
+    start_or_join(ray_cfg.address, num_cpus=ray_cfg.num_cpus, dashboard=ray_cfg.dashboard)
+
+
+def data_sections(model, where: str = "") -> list[tuple[str, object]]:
+    """Every ``data:`` section (a DataConfig) of a validated config, with its dotted location."""
+    from pydantic import BaseModel
+
+    from raykd.config import DataConfig
+
+    if isinstance(model, DataConfig):
+        return [(where, model)]
+    found = []
+    if isinstance(model, BaseModel):
+        for name in type(model).model_fields:
+            found += data_sections(getattr(model, name), f"{where}.{name}" if where else name)
+    return found
+
+
+def check_data(cfg) -> list[str]:
+    """Open the data of a config on the driver, before any Ray work: a bad file fails here with one
+    sentence (UserError). Returns one summary line per data section."""
+    from raykd.data.prepare import prepare
+    from raykd.engine.checkpoint import check_weights_file
+
+    for section in (getattr(cfg, "teacher", None), getattr(getattr(cfg, cfg.method, None), "teacher", None)):
+        if getattr(section, "checkpoint", None):
+            check_weights_file(section.checkpoint)
+    lines = []
+    for where, section in data_sections(cfg):
+        p = prepare(section.model_dump())
+        names = ", ".join(p.labels.names[:10]) + (", ..." if p.num_classes > 10 else "")
+        lines.append(f"{where}: {section.name}, {len(p.train['label']):,} training rows, {p.num_classes} classes ({names}); "
+                     f"evaluated on {p.eval_split}: {len(p.test['label']):,} rows")
+    return lines
 
 
 def cmd_run(args) -> int:
@@ -63,6 +87,8 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config, args.set)
     if args.output_dir:
         cfg.output_dir = args.output_dir
+    for line in check_data(cfg):
+        print(f"[raykd] {line}", flush=True)
     runner = _runner(cfg.method)
     init_ray(cfg.ray)
     from raykd.config import METHOD_SECTIONS
@@ -95,6 +121,8 @@ def cmd_check(args) -> int:
 
     cfg = load_config(args.config, args.set)
     print(json.dumps(cfg.model_dump(), indent=2, default=str))
+    for line in check_data(cfg):
+        print(line)
     return 0
 
 

@@ -1,6 +1,6 @@
 """One results schema for every run: rows appended to ``results.parquet`` + ``results.csv``.
 
-Columns (DESIGN.md): method, dataset, teacher, student, params, bytes, macs, accuracy,
+Columns (DESIGN.md): method, dataset, eval_split (which rows the accuracy was measured on), teacher, student, params, bytes, macs, accuracy,
 teacher_accuracy, ds (distillation metric), wall_time_s, seed, config_hash, plus the teacher's size
 figures (so DS can be re-computed for any ``a`` and size measure without rerunning) and ``extra``,
 a JSON string with method-specific numbers.
@@ -22,7 +22,7 @@ import pandas as pd
 from raykd.sweep.metric import distillation_score
 
 COLUMNS = [
-    "run_id", "time", "method", "dataset", "teacher", "student",
+    "run_id", "time", "method", "dataset", "eval_split", "teacher", "student",
     "params", "bytes", "macs", "accuracy",
     "teacher_params", "teacher_bytes", "teacher_macs", "teacher_accuracy",
     "ds", "ds_a", "ds_size", "wall_time_s", "seed", "config_hash", "extra",
@@ -42,7 +42,7 @@ def make_row(*, method: str, dataset: str, student: str, params: float, accuracy
              bytes: float | None = None, macs: float | None = None, teacher_bytes: float | None = None,
              teacher_macs: float | None = None, a: float = 0.5, size: str = "params",
              wall_time_s: float | None = None, seed: int | None = None, cfg_hash: str = "",
-             run_id: str = "", extra: dict | None = None) -> dict:
+             run_id: str = "", eval_split: str = "", extra: dict | None = None) -> dict:
     """Build one results row and compute its DS (NaN when there is no teacher to compare with)."""
     sizes = {"params": (params, teacher_params), "bytes": (bytes, teacher_bytes), "macs": (macs, teacher_macs)}
     s, t = sizes[size]
@@ -51,6 +51,7 @@ def make_row(*, method: str, dataset: str, student: str, params: float, accuracy
         ds = distillation_score(float(s), float(t), float(accuracy), float(teacher_accuracy), a)
     return {
         "run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "method": method, "dataset": dataset,
+        "eval_split": eval_split,
         "teacher": teacher, "student": student, "params": params, "bytes": bytes, "macs": macs,
         "accuracy": accuracy, "teacher_params": teacher_params, "teacher_bytes": teacher_bytes,
         "teacher_macs": teacher_macs, "teacher_accuracy": teacher_accuracy, "ds": ds, "ds_a": a,

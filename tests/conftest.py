@@ -17,8 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def ray_session():
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    from raykd.runtime import init_ray
+
+    init_ray(num_cpus=2)  # as a run starts it: isolated, loopback only, dashboard on 127.0.0.1
     yield ray
     ray.shutdown()
 

@@ -88,7 +88,7 @@ def test_weighted_sum_and_unknown_names():
     assert set(logs) == {"ce", "ce_2"}
     with pytest.raises(UserError, match="did you mean 'kd'"):
         WeightedLoss([{"name": "kdd"}])
-    with pytest.raises(UserError, match="takes no parameter 'temp'"):
+    with pytest.raises(UserError, match="losses.0.temp: unknown parameter of loss 'kd'; did you mean 'temperature'"):
         WeightedLoss([{"name": "kd", "temp": 3}])
 
 

@@ -22,7 +22,7 @@ def _write(tmp_path: Path, text: str) -> str:
 @pytest.mark.parametrize("text, needle", [
     ("method: kd\ntrian: {epochs: 1}\n", "trian: unknown field; did you mean 'train'"),
     ("method: kd\ntrain: {epochs: -1}\n", "train.epochs"),
-    ("method: kd\nlosses: [{name: kd, temperature: -4}]\n", "temperature must be a positive number"),
+    ("method: kd\nlosses: [{name: kd, temperature: -4}]\n", "losses.0.temperature: Input should be greater than 0"),
     ("method: kd\nmetric: {a: 1.5}\n", "metric.a"),
     ("method: kd\nlosses: [{name: kdd}]\n", "unknown loss 'kdd'; did you mean 'kd'"),
     ("method: kd\ndata: {name: mnsit}\n", "unknown dataset 'mnsit'; did you mean 'mnist'"),

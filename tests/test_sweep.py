@@ -68,7 +68,7 @@ def test_space_is_validated_before_any_trial(tmp_path):
     from raykd.sweep.tune import validate_space
 
     cfg = parse_config(_cfg(tmp_path, None)).model_dump()
-    with pytest.raises(UserError, match="temperature must be a positive number"):
+    with pytest.raises(UserError, match="losses.0.temperature: Input should be greater than 0"):
         validate_space(cfg, {"losses.0.temperature": {"grid": [2.0, -1.0]}})
     with pytest.raises(UserError, match="expected one of"):
         validate_space(cfg, {"train.lr": {"logspace": [1, 2]}})

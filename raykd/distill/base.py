@@ -17,6 +17,7 @@ The engine calls, on every worker::
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +29,11 @@ from torch import nn
 
 from raykd import data as D
 from raykd import models as M
+from raykd.data.prepare import Prepared, prepare
 from raykd.losses import WeightedLoss
 from raykd.registry import Registry
 
 METHODS: Registry = Registry("method")
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 @dataclass
@@ -53,24 +53,16 @@ class TaskSpec:
         return self.teacher is not None and any(l["name"] != "ce" for l in self.losses)
 
 
-def load_arrays(dataset: dict, split: str, seed: int = 0) -> dict[str, np.ndarray]:
-    subset = dataset.get("train_subset") if split == "train" else dataset.get("test_subset")
-    if dataset.get("name") == "user":
-        path = dataset["path"] if split == "train" or not dataset.get("test_path") else dataset["test_path"]
-        arrays = D.load_user(path, split, dataset.get("format"), dataset.get("text_column", "text"),
-                             dataset.get("label_column", "label"), dataset.get("image_shape"))
-        if subset is not None and subset < len(arrays["label"]):
-            arrays = D.take(arrays, D.stratified_indices(arrays["label"], subset, seed))
-        return arrays
-    return D.load(dataset["name"], split, subset=subset, seed=seed)
+def load_arrays(dataset: dict, split: str) -> dict[str, np.ndarray]:
+    """One split of a run's prepared data (see :func:`raykd.data.prepare.prepare`)."""
+    data = prepare(dataset)
+    return data.train if split == "train" else data.test
 
 
 def num_classes_of(dataset: dict) -> int:
-    if dataset.get("num_classes"):
-        return int(dataset["num_classes"])
     if dataset.get("name") != "user":
-        return D.info(dataset["name"]).num_classes
-    return int(load_arrays(dataset, "train")["label"].max()) + 1
+        return int(dataset.get("num_classes") or D.info(dataset["name"]).num_classes)
+    return prepare(dataset).num_classes
 
 
 class ClassifyMethod:
@@ -83,12 +75,23 @@ class ClassifyMethod:
         self.task = task
         self.num_classes = num_classes_of(task.dataset)
         self._tok = None
+        self._splits: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def data(self) -> Prepared:
+        """The run's splits, label names and image normalisation (prepared once per process)."""
+        return prepare(self.task.dataset)
 
     # ---- data -------------------------------------------------------------------------------
     def is_text(self, arrays: dict) -> bool:
         return "text" in arrays or "input_ids" in arrays
 
     def load_split(self, split: str) -> dict[str, np.ndarray]:
+        if split not in self._splits:
+            self._splits[split] = self._load_split(split)
+        return self._splits[split]
+
+    def _load_split(self, split: str) -> dict[str, np.ndarray]:
         arrays = load_arrays(self.task.dataset, split)
         if "text" in arrays:
             from raykd.models.bert import tokenizer
@@ -108,7 +111,14 @@ class ClassifyMethod:
             return {"input_ids": ids[:, :keep], "attention_mask": mask[:, :keep],
                     "label": torch.from_numpy(arrays["label"][idx])}
         x = torch.from_numpy(np.ascontiguousarray(arrays["x"][idx])).float().div_(255.0)
-        return {"x": (x - MNIST_MEAN) / MNIST_STD, "label": torch.from_numpy(arrays["label"][idx])}
+        mean, std = self._norm
+        return {"x": (x - mean) / std, "label": torch.from_numpy(arrays["label"][idx])}
+
+    @functools.cached_property
+    def _norm(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of the training images, shaped to broadcast over [B, C, H, W]."""
+        norm = self.data.norm
+        return (torch.tensor(norm["mean"]).view(1, -1, 1, 1), torch.tensor(norm["std"]).view(1, -1, 1, 1))
 
     # ---- models -----------------------------------------------------------------------------
     def build_student(self) -> nn.Module:

@@ -34,12 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.func import functional_call
 
 from raykd import data as D
 from raykd import models as M
+from raykd.config import Strict
 from raykd.errors import UserError
 
 Params = dict[str, torch.Tensor]
@@ -50,10 +51,8 @@ TEXT_MODELS = ("textcnn",)
 # Settings: every option of the method, all defaulted (the paper's MNIST recipe where it has one)
 # ----------------------------------------------------------------------------------------------
 
-class DatasetDistillSettings(BaseModel):
+class DatasetDistillSettings(Strict):
     """The ``dataset_distill:`` section of a config."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field("mnist", description="registered dataset: mnist, fashion_mnist, movie_reviews, sms_spam")
     model: str = Field("lenet5", description="learner: an image model (lenet5, cnn, mlp) or textcnn for text")
@@ -124,6 +123,11 @@ class DatasetDistillSettings(BaseModel):
             raise ValueError("give num_samples or samples_per_class")
         if self.init == "pretrained" and not self.pretrained_path:
             raise ValueError("init: 'pretrained' needs pretrained_path (a safetensors state dict of the model)")
+        if self.pretrained_path:  # an existing file, made absolute (sweep trials run in their own directory)
+            if not Path(self.pretrained_path).expanduser().is_file():
+                raise ValueError(f"pretrained_path: no such file {self.pretrained_path!r}; give a safetensors state dict of the model")
+            self.pretrained_path = str(Path(self.pretrained_path).expanduser().resolve())
+        M.check_args(self.model, self.model_args, "model_args")
         if not self.learn_labels and self.label_init == "random":
             raise ValueError("label_init: 'random' needs learn_labels: true (fixed labels are one-hot)")
         is_text = D.info(self.dataset).kind == "text"

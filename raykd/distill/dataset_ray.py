@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -35,9 +37,11 @@ from raykd.distill.dataset import (
     evaluate_random_real, export, init_params, load_distilled, load_real_data, meta_gradient, plot_images,
     save_distilled, starting_params, write_sentences,
 )
+from raykd.engine.checkpoint import DamagedCheckpoint, restore_newest
 from raykd.errors import UserError
 from raykd.paths import atomic_write_bytes, cache_dir
 from raykd.results import append_rows, config_hash, make_row
+from raykd.runtime import init_ray
 
 UNSEEN_INIT_SEED = 7_000_000  # evaluation inits are drawn from seeds no training iteration uses
 PROBE_INIT_SEED = 6_999_999   # the init behind the quick accuracy printed during random-init training
@@ -66,10 +70,12 @@ def distill_loop_per_worker(config: dict) -> None:
     theta_run = {k: v.to(device) for k, v in starting_params(settings, model).items()}
 
     start, history, seconds, cpu_seconds = 0, [], [], []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # resume after a crash: the synthetic set, Adam and the schedule
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=True, map_location=device)
+    def say(msg: str) -> None:
+        if rank == 0:
+            print(f"[dataset_distill] {msg}", flush=True)
+
+    state = restore_newest(ray.train.get_checkpoint(), lambda d: read_synthetic_checkpoint(d, device), say)
+    if state is not None:  # resume after a crash: the synthetic set, Adam and the schedule
         syn.load_state_dict(state["synthetic"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -126,8 +132,18 @@ def save_synthetic_checkpoint(d: Path, syn: SyntheticSet, opt, sched, iteration:
     from safetensors.torch import save_file
 
     save_file({k: v.cpu().contiguous() for k, v in export(syn).items()}, str(d / "synthetic.safetensors"))
+    tmp = d / ".state.pt.tmp"
     torch.save({"synthetic": syn.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "iteration": iteration, "history": json.dumps(history)}, d / "state.pt")
+                "iteration": iteration, "history": json.dumps(history)}, tmp)
+    os.replace(tmp, d / "state.pt")  # written last and by rename: a checkpoint with state.pt is complete
+
+
+def read_synthetic_checkpoint(d: Path, device) -> dict:
+    f = Path(d) / "state.pt"
+    try:
+        return torch.load(f, weights_only=True, map_location=device)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise DamagedCheckpoint(f"{f}: the checkpoint cannot be read ({type(e).__name__}); it is damaged or truncated") from None
 
 
 def distill_on_ray(settings: DatasetDistillSettings, out_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -196,8 +212,7 @@ def full_train_set_accuracy(settings: DatasetDistillSettings) -> "float | ray.Ob
 def run(settings: DatasetDistillSettings, out_dir: Path) -> pd.DataFrame:
     """Distil (soft labels, and the hard-label variant as a baseline), evaluate on fresh networks,
     compare with random real samples, save the sets and pictures, append results rows."""
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = D.info(settings.dataset, "dataset_distill.dataset")
@@ -210,7 +225,8 @@ def run(settings: DatasetDistillSettings, out_dir: Path) -> pd.DataFrame:
     n_train = len(data.train_y)
     cfg_hash = config_hash(settings.model_dump(mode="json"))
     sj = settings.model_dump(mode="json")
-    common = dict(dataset=settings.dataset, student=settings.model, params=n, teacher="full training set",
+    common = dict(dataset=settings.dataset, eval_split=f"{settings.dataset} test split", student=settings.model, params=n,
+                  teacher="full training set",
                   teacher_params=n_train, seed=settings.seed, cfg_hash=cfg_hash)
 
     variants = [("soft" if settings.learn_labels else "hard", settings)]

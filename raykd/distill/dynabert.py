@@ -39,11 +39,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from raykd.config import (DataConfig, DistillConfig, EngineConfig, LossSpec, MetricConfig, ModelSpec, TeacherConfig,
-                          TrainConfig)
+from raykd.config import (DataConfig, DistillConfig, EngineConfig, FieldError, LossSpec, MetricConfig, ModelSpec,
+                          Strict, TeacherConfig, TrainConfig)
 from raykd.distill.base import METHODS, ClassifyMethod, TaskSpec
 from raykd.distill.lm import MINILM_TEACHER_TRAIN
 from raykd.engine.checkpoint import load_weights, save_weights, unwrap
@@ -68,10 +68,8 @@ def _ckd_losses() -> list[LossSpec]:
             LossSpec(name="ltr_triple", weight=10.0)]
 
 
-class DynaBertSettings(BaseModel):
+class DynaBertSettings(Strict):
     """The ``dynabert:`` section of a config (``{name, method: dynabert, output_dir, dynabert: {...}}``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: DataConfig = Field(default_factory=lambda: DataConfig(name="movie_reviews", max_length=32),
                              description="text dataset; train_subset/test_subset apply to adaptive training and evaluation")
@@ -115,6 +113,9 @@ class DynaBertSettings(BaseModel):
         shallowest = kept_count(bert_shape(self.teacher.name, self.teacher.args)["num_layers"], self.depths[0])
         field = "ckd_losses" if self.loss == "ckd" else "dynabert_losses"
         for i, spec in enumerate(self.losses):
+            if "layer_map" in spec and "hidden_states" in NEEDS.get(spec["name"], set()):
+                raise FieldError(f"{field}.{i}.layer_map", "DynaBERT matches every kept layer to the teacher layer at "
+                                 "its original position, so a layer_map is not used; remove it")
             need = getattr(LOSSES.get(spec["name"]), "min_layers", 1)
             if shallowest + 1 < need:
                 raise ValueError(f"{field}[{i}]: {spec['name']} needs {need} matched layers, but the shallowest "
@@ -465,7 +466,7 @@ def run(settings: DynaBertSettings, out_dir: str | Path, metric: MetricConfig | 
     teacher_label = settings.teacher.display
     common = dict(dataset=settings.data.name, teacher=teacher_label, teacher_params=t_size["params"],
                   teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"], teacher_accuracy=t_acc,
-                  a=metric.a, size=metric.size, cfg_hash=chash, run_id=run_id)
+                  a=metric.a, size=metric.size, cfg_hash=chash, run_id=run_id, eval_split=method.data.eval_split)
     append_rows(out, [make_row(method="teacher", student=teacher_label, params=t_size["params"], bytes=t_size["bytes"],
                                macs=t_size["macs"], accuracy=t_acc, seed=settings.teacher.train.seed, **common)])
     print(f"[raykd] teacher {teacher_label}: test accuracy {t_acc:.4f} on this test split", flush=True)
@@ -497,7 +498,7 @@ def run(settings: DynaBertSettings, out_dir: str | Path, metric: MetricConfig | 
             view = SubNetwork(adaptive, w, d)
             macs = macs_per_example(view, example)
             label = f"dynabert w{w:g} d{d:g}"
-            save_student(sub, seed_dir / "students" / f"w{w:g}_d{d:g}", tokenizer_needed=True)
+            save_student(sub, seed_dir / "students" / f"w{w:g}_d{d:g}", method)
             s = subnet_shape(adaptive.net.config, w, d)
             rows.append(make_row(method=f"dynabert-{settings.loss}", student=label, params=params, bytes=4 * params,
                                  macs=macs, accuracy=acc, wall_time_s=wall, seed=seed, **common,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import math
 import time
@@ -47,11 +46,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from raykd import data as D
-from raykd.config import DataConfig, EngineConfig, ModelSpec, TrainConfig
+from raykd.cache import entry
+from raykd.config import DataConfig, EngineConfig, ModelSpec, Strict, TrainConfig
+from raykd.data.prepare import prepare
 from raykd.distill.base import METHODS, ClassifyMethod, TaskSpec, build_method, load_arrays
 from raykd.engine.checkpoint import load_weights, save_weights
 from raykd.engine.trainer import fit
@@ -59,6 +60,7 @@ from raykd.metrics import classification_metrics, plot_reliability, pool_bins, p
 from raykd.models.size import count_params
 from raykd.paths import atomic_write_bytes, cache_dir
 from raykd.results import append_rows, config_hash, make_row
+from raykd.runtime import init_ray
 
 MethodName = Literal["ce", "label_smoothing", "confidence_penalty", "beta_smoothing", "self_distill"]
 ALL_METHODS: list[str] = ["ce", "label_smoothing", "confidence_penalty", "beta_smoothing", "self_distill"]
@@ -69,10 +71,8 @@ MINILM_DIM = 384
 # Settings
 # ----------------------------------------------------------------------------------------------
 
-class SelfDistillSettings(BaseModel):
+class SelfDistillSettings(Strict):
     """The ``self_distill:`` section of a config (defaults: the paper's hyper-parameters)."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     data: DataConfig = Field(default_factory=lambda: DataConfig(name="mnist", train_subset=10000, test_subset=2000))
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="cnn", args={"widths": [16, 32], "hidden": 64}),
@@ -140,32 +140,30 @@ class SelfDistillSettings(BaseModel):
 def sentence_embeddings(texts: np.ndarray, max_length: int = 64, batch_size: int = 128) -> np.ndarray:
     """Mean-pooled MiniLM-L6 sentence embeddings [N, 384] (float32), cached by the texts' hash."""
     key = hashlib.sha256(("\n".join(map(str, texts)) + f"\0{max_length}").encode()).hexdigest()[:16]
-    path = cache_dir("features", "minilm_mean") / f"{key}.npy"
-    if path.exists():
-        return np.load(path)
-    from transformers import BertModel
 
-    from raykd.models.bert import minilm_dir, tokenizer
+    def embed(tmp: Path) -> None:
+        from transformers import BertModel
 
-    tok, encoder = tokenizer(), BertModel.from_pretrained(str(minilm_dir())).eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            h = encoder(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            out.append(((h * m).sum(1) / m.sum(1).clamp_min(1.0)).numpy().astype(np.float32))
-    emb = np.concatenate(out) if out else np.zeros((0, MINILM_DIM), np.float32)
-    buf = io.BytesIO()
-    np.save(buf, emb)
-    atomic_write_bytes(path, buf.getvalue())
-    return emb
+        from raykd.models.bert import minilm_dir, tokenizer
+
+        tok, encoder = tokenizer(), BertModel.from_pretrained(str(minilm_dir())).eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                enc = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                h = encoder(**enc).last_hidden_state
+                m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+                out.append(((h * m).sum(1) / m.sum(1).clamp_min(1.0)).numpy().astype(np.float32))
+        np.save(tmp / "embeddings.npy", np.concatenate(out) if out else np.zeros((0, MINILM_DIM), np.float32))
+
+    return entry(cache_dir("features", "minilm_mean") / key, embed, lambda d: np.load(d / "embeddings.npy"),
+                 what="MiniLM sentence embeddings")
 
 
 class SelfDistillMethod(ClassifyMethod):
     """:class:`ClassifyMethod` whose text input can be frozen MiniLM sentence embeddings."""
 
-    def load_split(self, split: str) -> dict[str, np.ndarray]:
+    def _load_split(self, split: str) -> dict[str, np.ndarray]:
         if self.task.extra.get("text_features") == "minilm_mean":
             # embed the whole split once (cached), then take the same stratified subset load_arrays takes
             full = load_arrays({**self.task.dataset, "train_subset": None, "test_subset": None}, split)
@@ -174,9 +172,10 @@ class SelfDistillMethod(ClassifyMethod):
                           "label": full["label"]}
                 subset = self.task.dataset.get("train_subset" if split == "train" else "test_subset")
                 if subset is not None and subset < len(full["label"]):
-                    arrays = D.take(arrays, D.stratified_indices(full["label"], subset, 0))
+                    seed = int(self.task.dataset.get("split_seed") or 0)  # the subset raykd.data.prepare takes
+                    arrays = D.take(arrays, D.stratified_indices(full["label"], subset, seed))
                 return arrays
-        return super().load_split(split)
+        return super()._load_split(split)
 
     def batch(self, arrays: dict, idx: np.ndarray) -> dict[str, torch.Tensor]:
         if "x" in arrays and arrays["x"].dtype == np.float32:  # precomputed features: used as they are
@@ -338,7 +337,7 @@ def _row(m: dict, settings: SelfDistillSettings, run_id: str, chash: str) -> dic
     return make_row(method=m["label"], dataset=settings.data.name, student=settings.model.display, params=m["params"],
                     accuracy=m["accuracy"], teacher=t.get("label", ""), teacher_params=t.get("params"),
                     teacher_accuracy=t.get("accuracy"), wall_time_s=m["wall_time_s"], seed=m["seed"], cfg_hash=chash,
-                    run_id=run_id, extra=extra)
+                    run_id=run_id, eval_split=prepare(settings.data.model_dump()).eval_split, extra=extra)
 
 
 METHOD_ORDER = ["ce", "label_smoothing", "confidence_penalty", "beta_smoothing"]
@@ -379,8 +378,7 @@ def run(settings: SelfDistillSettings, out_dir: Path, name: str = "self_distill"
     import ray
     from ray import tune
 
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = Path(settings.engine.storage_path or out_dir / "ray").resolve()

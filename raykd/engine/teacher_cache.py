@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 
+from raykd.cache import entry, is_complete
 from raykd.data.artifacts import sha256_file
 from raykd.distill.base import TaskSpec, build_method
 from raykd.paths import cache_dir
@@ -30,10 +30,12 @@ _REFS: dict[str, "ray.ObjectRef"] = {}
 
 
 def _transform_fingerprint(task: TaskSpec) -> str:
+    from raykd.data import prepare
     from raykd.distill import base
 
     return hashlib.sha256(inspect.getsource(base.ClassifyMethod.batch).encode()
-                          + inspect.getsource(base.ClassifyMethod.load_split).encode()).hexdigest()[:12]
+                          + inspect.getsource(base.ClassifyMethod._load_split).encode()
+                          + inspect.getsource(prepare).encode()).hexdigest()[:12]
 
 
 def cache_key(task: TaskSpec, keep_hidden: bool) -> str:
@@ -65,7 +67,8 @@ def estimate_bytes(task: TaskSpec, n: int, num_classes: int) -> int:
 
 
 def build(task: TaskSpec, engine: dict, use_gpu: bool, directory: Path) -> None:
-    """Run the teacher once over the training split with the actor pool and store the outputs."""
+    """Run the teacher once over the training split with the actor pool and store the outputs in
+    ``directory`` (a fresh directory that :func:`raykd.cache.entry` renames into place when complete)."""
     from raykd.engine.teacher_pool import TeacherInference
 
     method = build_method(task)
@@ -81,19 +84,17 @@ def build(task: TaskSpec, engine: dict, use_gpu: bool, directory: Path) -> None:
         if logits is None:
             logits = np.zeros((n, b["t_logits"].shape[1]), np.float16)
             if "t_hidden" in b:
-                hidden = np.lib.format.open_memmap(directory / ".hidden.tmp.npy", "w+", np.float16, (n, *b["t_hidden"].shape[1:]))
+                hidden = np.lib.format.open_memmap(directory / "hidden.npy", "w+", np.float16, (n, *b["t_hidden"].shape[1:]))
         logits[idx] = b["t_logits"]
         if hidden is not None:
             hidden[idx] = b["t_hidden"]
         seen += len(idx)
         if seen % (bs * 20) < len(idx):
             print(f"[raykd] teacher-output cache: {seen:,}/{n:,} examples", flush=True)
-    np.save(directory / ".logits.tmp.npy", logits)
-    os.replace(directory / ".logits.tmp.npy", directory / "logits.npy")
+    np.save(directory / "logits.npy", logits)
     if hidden is not None:
         hidden.flush()
         del hidden
-        os.replace(directory / ".hidden.tmp.npy", directory / "hidden.npy")
     ctx = method.teacher_context()
     (directory / "meta.json").write_text(json.dumps({"examples": n, "teacher_forward_examples": seen,
                                                     "context": ctx, "teacher": task.teacher["name"]}))
@@ -105,8 +106,8 @@ def get_or_build(task: TaskSpec, engine: dict, use_gpu: bool = False) -> "ray.Ob
     key = cache_key(task, keep_hidden)
     if key in _REFS:
         return _REFS[key]
-    directory = cache_dir("teacher_outputs", key)
-    if not (directory / "meta.json").exists():
+    directory = cache_dir("teacher_outputs") / key
+    if not is_complete(directory):
         method = build_method(task)
         n = len(method.load_split("train")["label"])
         need = estimate_bytes(task, n, method.num_classes)
@@ -115,20 +116,26 @@ def get_or_build(task: TaskSpec, engine: dict, use_gpu: bool = False) -> "ray.Ob
             print(f"[raykd] teacher-output cache: {need / 2**30:.1f} GiB of outputs exceed "
                   f"engine.teacher_cache_max_gb={limit / 2**30:g}; computing the teacher online instead", flush=True)
             return None
-        print(f"[raykd] teacher-output cache: computing {n:,} teacher outputs once ({need / 2**20:.0f} MiB, key {key})", flush=True)
-        build(task, engine, use_gpu, directory)
-    meta = json.loads((directory / "meta.json").read_text())
-    payload = {"logits": np.load(directory / "logits.npy"), "context": meta["context"], "key": key}
-    if (directory / "hidden.npy").exists():
-        payload["hidden"] = np.load(directory / "hidden.npy", mmap_mode="r")
-    _REFS[key] = ray.put(payload)
+
+    def compute(tmp: Path) -> None:
+        print(f"[raykd] teacher-output cache: computing the teacher's outputs once (key {key})", flush=True)
+        build(task, engine, use_gpu, tmp)
+
+    def read(d: Path) -> dict:
+        meta = json.loads((d / "meta.json").read_text())
+        payload = {"logits": np.load(d / "logits.npy"), "context": meta["context"], "key": key}
+        if (d / "hidden.npy").exists():
+            payload["hidden"] = np.load(d / "hidden.npy", mmap_mode="r")
+        return payload
+
+    _REFS[key] = ray.put(entry(directory, compute, read, what="teacher-output cache"))
     return _REFS[key]
 
 
 def built_examples(task: TaskSpec) -> int:
     """Teacher forward examples spent building this task's cache entry (0 if not built)."""
-    d = cache_dir("teacher_outputs", cache_key(task, _needs_hidden(task)))
-    return json.loads((d / "meta.json").read_text())["teacher_forward_examples"] if (d / "meta.json").exists() else 0
+    d = cache_dir("teacher_outputs") / cache_key(task, _needs_hidden(task))
+    return json.loads((d / "meta.json").read_text())["teacher_forward_examples"] if is_complete(d) else 0
 
 
 def lookup(cached: dict, idx: np.ndarray, batch: dict) -> dict:

@@ -35,7 +35,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raykd.distill.base import TaskSpec, build_method, lr_at
-from raykd.engine.checkpoint import load_state, save_state, unwrap
+from raykd.engine.checkpoint import load_state, restore_newest, save_state, unwrap
 
 
 def _seed_all(seed: int) -> None:
@@ -105,9 +105,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     start_epoch, step = 0, 0
     ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = load_state(d, student, optimizer, {"loss": loss_fn})
+    state = restore_newest(ckpt, lambda d: load_state(d, student, optimizer, {"loss": loss_fn}),
+                           lambda msg: _log(rank, f"{label}: {msg}"))
+    resumed = state is not None
+    if resumed:
         start_epoch, step = state["epoch"], state["step"]
         _log(rank, f"{label}: resumed from checkpoint after epoch {start_epoch}")
 
@@ -117,10 +118,12 @@ def train_loop_per_worker(config: dict) -> None:
     per_rank = n // world
     steps_per_epoch = math.ceil(per_rank / bs)
     total_steps = epochs * steps_per_epoch
-    if ckpt and start_epoch >= epochs and state.get("metrics"):
+    if resumed and start_epoch >= epochs and state.get("metrics"):
         # every epoch had finished before the interruption (e.g. a sweep driver killed after the last
         # checkpoint): report the final metrics again, so that Tune and the caller get this run's result
-        with ckpt.as_directory() as d:
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                save_state(d, model, optimizer, state, {"loss": loss_fn})
             ray.train.report(state["metrics"], checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
         return
 
@@ -183,7 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
             "epoch": epoch + 1, "step": step, "train_loss": loss_all / max(1, nb_all),
             "accuracy": correct / max(1.0, count), "test_nll": nll / max(1.0, count),
             "samples_per_s": seen_all / max(1e-9, train_time), "epoch_time_s": train_time,
-            "teacher_forward_examples": t_examples,
+            "teacher_forward_examples": t_examples, "resumed_after_epoch": start_epoch,
             "samples_per_s_by_epoch": throughput + [seen_all / max(1e-9, train_time)],
             **{f"loss_{k}": v for k, v in logs.items()},
         }
@@ -212,6 +215,13 @@ def train_loop_per_worker(config: dict) -> None:
 
 def cluster_has_gpus() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def worker_env() -> dict:
+    """Runtime environment of the Train workers: the driver's ``RAYKD_HOME`` and ``RAYKD_WHEELS``, when it
+    sets them, so the workers read and build the same cache as the driver."""
+    env = {k: str(Path(os.environ[k]).expanduser().resolve()) for k in ("RAYKD_HOME", "RAYKD_WHEELS") if os.environ.get(k)}
+    return {"env_vars": env} if env else {}
 
 
 def fit(task: TaskSpec, engine: dict, name: str, storage_path: str | Path, label: str | None = None,
@@ -243,7 +253,7 @@ def fit(task: TaskSpec, engine: dict, name: str, storage_path: str | Path, label
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=int(engine.get("max_failures", 0))),
-                             callbacks=callbacks),
+                             callbacks=callbacks, worker_runtime_env=worker_env()),
         datasets=datasets,
     )
     return trainer.fit()

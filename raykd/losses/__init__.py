@@ -16,26 +16,73 @@ text, ``attention_mask``. A config composes weighted sums::
       - {name: kd, weight: 1.0, temperature: 4.0}
       - {name: ce, weight: 0.1}
 
-Users add their own loss by decorating a function with ``@register_loss("name")`` before the run
-starts.
+Every loss declares its parameters as a pydantic model registered with it
+(``@register_loss("kd", params=KDParams)``), so a config's loss entries are validated when the config
+is (unknown or bad parameters fail ``raykd check``), and :func:`build_one` builds the loss from the
+same validated parameters. Users add their own loss by decorating a function with
+``@register_loss("name")`` before the run starts; without ``params=`` its parameter model is derived
+from its signature (the parameters after ``(student_out, teacher_out, batch)`` for a function, after
+``context`` for a module; annotations as types, defaults as defaults, ``**kwargs``: any further
+parameter is accepted).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import torch
+from pydantic import BaseModel, Field, NonNegativeInt, ValidationError
 from torch import nn
 
+from raykd.config import FieldError, LossSpec, Strict, signature_model, validate_params
 from raykd.errors import UserError
 from raykd.registry import Registry
 
 LOSSES: Registry = Registry("loss")
-register_loss = LOSSES.register
 
 # Which outputs each loss needs from the teacher (so the engine can skip computing / caching the rest).
 NEEDS: dict[str, set[str]] = {}
+# name -> the pydantic model of the loss's parameters
+PARAMS: dict[str, type[BaseModel]] = {}
+
+
+class LossParams(Strict):
+    """Base of a loss's parameter model (a loss without parameters registers this one itself)."""
+
+
+# [teacher_layer, student_layer] pairs of hidden states (0 = the embedding output)
+LayerMap = Annotated[list[Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]], Field(min_length=1)]
+
+
+def register_loss(name: str, obj: Any = None, *, params: type[BaseModel] | None = None):
+    """Register a loss function or ``nn.Module`` class under ``name`` with its parameter model
+    (default: derived from its signature, see the module docstring)."""
+
+    def deco(o):
+        LOSSES.register(name, o)
+        if params is not None:
+            PARAMS[name] = params
+        return o
+
+    return deco(obj) if obj is not None else deco
+
+
+def loss_params(name: str) -> type[BaseModel]:
+    """The parameter model of registered loss ``name``."""
+    if name not in PARAMS:
+        obj = LOSSES.get(name)
+        if inspect.isclass(obj) and issubclass(obj, nn.Module):  # cls(context=..., **params)
+            PARAMS[name] = signature_model(obj, 0, f"{name}_params", exclude=("context",))
+        else:  # f(student_out, teacher_out, batch, **params)
+            PARAMS[name] = signature_model(obj, 3, f"{name}_params")
+    return PARAMS[name]
+
+
+def check_loss_params(name: str, params: dict) -> dict[str, Any]:
+    """Validated keyword arguments of loss ``name`` (defaults filled in); raises :class:`FieldError`
+    naming the parameter, and for an unknown one the closest valid name."""
+    return validate_params(loss_params(name), params, f"parameter of loss {name!r}", also=("weight",)).model_dump()
 
 
 def needs(name: str, *keys: str) -> None:
@@ -52,24 +99,25 @@ class _FnLoss(nn.Module):
 
 
 def build_one(name: str, params: dict, context: dict | None = None, field: str | None = None) -> nn.Module:
+    """Build loss ``name`` from its validated parameters (``field``: where the entry is, for messages)."""
     obj = LOSSES.get(name, field)
-    context = context or {}
+    try:
+        kwargs = check_loss_params(name, params)
+    except FieldError as e:
+        where = ".".join(w for w in (field, e.where) if w) or f"loss {name!r}"
+        raise UserError(f"{where}: {e}") from None
     if inspect.isclass(obj) and issubclass(obj, nn.Module):
         try:
-            return obj(context=context, **params)
+            return obj(context=context or {}, **kwargs)
         except TypeError as e:
             raise UserError(f"{field or name}: bad parameters for loss {name!r}: {e}") from None
-    sig = inspect.signature(obj)
-    accepts = set(list(sig.parameters)[3:])
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-    unknown = set(params) - accepts
-    if unknown and not var_kw:
-        raise UserError(f"{field or name}: loss {name!r} takes no parameter {sorted(unknown)[0]!r}; it takes {sorted(accepts - {'kwargs'}) or 'none'}")
-    return _FnLoss(obj, params)
+    return _FnLoss(obj, kwargs)
 
 
 class WeightedLoss(nn.Module):
-    """sum_k weight_k * loss_k; ``forward`` returns (total, {name: value})."""
+    """sum_k weight_k * loss_k; ``forward`` returns (total, {name: value}).
+
+    ``specs`` are loss entries of a config (``{name, weight, **params}``), validated as a config's are."""
 
     def __init__(self, specs: list[dict], context: dict | None = None):
         super().__init__()
@@ -78,15 +126,13 @@ class WeightedLoss(nn.Module):
         self.weights: list[float] = []
         self.parts = nn.ModuleList()
         seen: dict[str, int] = {}
-        for i, spec in enumerate(specs):
-            spec = dict(spec)
-            name = spec.pop("name")
-            weight = float(spec.pop("weight", 1.0))
-            self.parts.append(build_one(name, spec, context, field=f"losses[{i}].name"))
-            seen[name] = seen.get(name, 0) + 1
-            self.names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
-            self.base_names.append(name)
-            self.weights.append(weight)
+        for i, raw in enumerate(specs):
+            spec = _loss_spec(raw, f"losses.{i}")
+            self.parts.append(build_one(spec.name, spec.params, context, field=f"losses.{i}"))
+            seen[spec.name] = seen.get(spec.name, 0) + 1
+            self.names.append(spec.name if seen[spec.name] == 1 else f"{spec.name}_{seen[spec.name]}")
+            self.base_names.append(spec.name)
+            self.weights.append(spec.weight)
 
     @property
     def teacher_needs(self) -> set[str]:
@@ -107,6 +153,15 @@ class WeightedLoss(nn.Module):
 
 def loss_names() -> list[str]:
     return LOSSES.names()
+
+
+def _loss_spec(raw: dict, field: str) -> LossSpec:
+    from raykd.config import _format_error
+
+    try:
+        return LossSpec.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_error(err, LossSpec, field)) from None
 
 
 # Register the built-in losses.

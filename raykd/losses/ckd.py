@@ -61,23 +61,27 @@ no [B, L, L, D] difference tensor is ever built.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from raykd.config import FieldError
 from raykd.errors import UserError
-from raykd.losses import needs, register_loss
+from raykd.losses import LayerMap, LossParams, needs, register_loss
 from raykd.losses.kd import uniform_layer_map
 
 EPS = 1e-12  # floor under squared norms / squared distances before sqrt
 NEG = -1e9  # finite "minus infinity" for masked softmax entries (no NaN on all-masked rows)
 CHUNK_ELEMENTS = 2**21  # default bound on N * c * K * K per anchor chunk (8 MB float32; measured faster than larger chunks on CPU)
 
-PAIR_FORMS = ("cosine_kl", "distance")
-CRITERIA = ("mse", "huber")
+PairForm = Literal["cosine_kl", "distance"]
+Criterion = Literal["mse", "huber"]
+PAIR_FORMS = get_args(PairForm)
+CRITERIA = get_args(Criterion)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,19 +313,50 @@ def layer_transforming_relation(
 # --------------------------------------------------------------------------------------------------
 
 
+class RelationParams(LossParams):
+    """Parameters shared by the relation losses: the layer map and how many matched layers it needs."""
+
+    min_layers: ClassVar[int] = 1
+    layer_map: LayerMap | None = Field(None, description="[teacher_layer, student_layer] pairs of hidden states "
+                                       "(0 = embeddings); default: uniform layer skipping")
+
+    @model_validator(mode="after")
+    def _enough_layers(self):
+        if self.layer_map is not None and len(self.layer_map) < self.min_layers:
+            raise FieldError("layer_map", f"needs at least {self.min_layers} matched layers, layer_map has {len(self.layer_map)}")
+        return self
+
+
+class PairParams(RelationParams):
+    form: PairForm = Field("cosine_kl", description="cosine_kl: softmax of cosines compared by KL; distance: normalised distances, Huber")
+    temperature: float = Field(1.0, gt=0, description="cosine_kl: softmax temperature")
+
+
+class WRTripleParams(RelationParams):
+    window: int | None = Field(21, ge=3, description="j, k within +-(w-1)//2 tokens of the anchor (paper: 21); null: all triples")
+    criterion: Criterion = "mse"
+    anchor_chunk: int | None = Field(None, ge=1, description="anchors per chunk (default: ~2^21 elements per chunk)")
+
+
+class LTRPairParams(PairParams):
+    min_layers: ClassVar[int] = 2
+
+
+class LTRTripleParams(RelationParams):
+    min_layers: ClassVar[int] = 3
+    criterion: Criterion = "mse"
+
+
 class _RelationLoss(nn.Module):
-    """Shared parts: layer map, validation of the hidden states it is given."""
+    """Shared parts: layer map, validation of the hidden states it is given (parameters arrive validated
+    by the loss's parameter model, see :func:`raykd.losses.build_one`)."""
 
     name = ""
     min_layers = 1
 
     def __init__(self, layer_map: list[list[int]] | None):
         super().__init__()
-        if layer_map is not None:
-            if not all(len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in layer_map) or not layer_map:
-                raise UserError(f"loss {self.name!r}: layer_map must be a non-empty list of [teacher_layer, student_layer] pairs of non-negative integers")
-            layer_map = [tuple(p) for p in layer_map]
-        self.layer_map = layer_map
+        self.layer_map = [tuple(p) for p in layer_map] if layer_map else None
 
     def pairs(self, hs, ht) -> list[tuple[int, int]]:
         pairs = self.layer_map or uniform_layer_map(len(ht) - 1, len(hs) - 1)
@@ -336,21 +371,13 @@ class _RelationLoss(nn.Module):
         return pairs
 
 
-def _check_choice(loss: str, field: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"loss {loss!r}: {field} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _pair_relation(loss: str, form: str, temperature: float) -> Relation:
-    _check_choice(loss, "form", form, PAIR_FORMS)
+def _pair_relation(form: str, temperature: float) -> Relation:
     if form == "cosine_kl":
-        if temperature <= 0:
-            raise UserError(f"loss {loss!r}: temperature must be positive, got {temperature}")
         return lambda xs, xt, m: pair_cosine_kl(xs, xt, m, temperature)
     return pair_distance
 
 
-@register_loss("wr_pair")
+@register_loss("wr_pair", params=PairParams)
 class WRPair(_RelationLoss):
     """Pair-wise Word Relation: phi(r_i, r_j) between tokens of one layer, for every matched layer pair."""
 
@@ -358,14 +385,14 @@ class WRPair(_RelationLoss):
 
     def __init__(self, context: dict, layer_map: list[list[int]] | None = None, form: str = "cosine_kl", temperature: float = 1.0):
         super().__init__(layer_map)
-        self.relation = _pair_relation(self.name, form, float(temperature))
+        self.relation = _pair_relation(form, float(temperature))
 
     def forward(self, student_out, teacher_out, batch):
         hs, ht = student_out["hidden_states"], teacher_out["hidden_states"]
         return word_relation(hs, ht, batch.get("attention_mask"), self.pairs(hs, ht), self.relation)
 
 
-@register_loss("wr_triple")
+@register_loss("wr_triple", params=WRTripleParams)
 class WRTriple(_RelationLoss):
     """Triple-wise Word Relation: angle psi(i, j, k) at token i, all triples or j, k within a window of i."""
 
@@ -373,11 +400,6 @@ class WRTriple(_RelationLoss):
 
     def __init__(self, context: dict, layer_map: list[list[int]] | None = None, window: int | None = 21, criterion: str = "mse", anchor_chunk: int | None = None):
         super().__init__(layer_map)
-        if window is not None and (not isinstance(window, int) or window < 3):
-            raise UserError(f"loss {self.name!r}: window must be an integer >= 3 (paper: 21) or null for all triples, got {window!r}")
-        if anchor_chunk is not None and (not isinstance(anchor_chunk, int) or anchor_chunk < 1):
-            raise UserError(f"loss {self.name!r}: anchor_chunk must be a positive integer or null, got {anchor_chunk!r}")
-        _check_choice(self.name, "criterion", criterion, CRITERIA)
         self.window, self.criterion, self.anchor_chunk = window, criterion, anchor_chunk
 
     def forward(self, student_out, teacher_out, batch):
@@ -386,32 +408,31 @@ class WRTriple(_RelationLoss):
         return word_relation(hs, ht, batch.get("attention_mask"), self.pairs(hs, ht), rel)
 
 
-@register_loss("ltr_pair")
+@register_loss("ltr_pair", params=LTRPairParams)
 class LTRPair(_RelationLoss):
     """Pair-wise Layer Transforming Relation: phi between one token's representations at two matched layers."""
 
     name = "ltr_pair"
-    min_layers = 2
+    min_layers = LTRPairParams.min_layers
 
     def __init__(self, context: dict, layer_map: list[list[int]] | None = None, form: str = "cosine_kl", temperature: float = 1.0):
         super().__init__(layer_map)
-        self.relation = _pair_relation(self.name, form, float(temperature))
+        self.relation = _pair_relation(form, float(temperature))
 
     def forward(self, student_out, teacher_out, batch):
         hs, ht = student_out["hidden_states"], teacher_out["hidden_states"]
         return layer_transforming_relation(hs, ht, batch.get("attention_mask"), self.pairs(hs, ht), self.relation)
 
 
-@register_loss("ltr_triple")
+@register_loss("ltr_triple", params=LTRTripleParams)
 class LTRTriple(_RelationLoss):
     """Triple-wise Layer Transforming Relation: angle psi over one token's representations at three matched layers."""
 
     name = "ltr_triple"
-    min_layers = 3
+    min_layers = LTRTripleParams.min_layers
 
     def __init__(self, context: dict, layer_map: list[list[int]] | None = None, criterion: str = "mse"):
         super().__init__(layer_map)
-        _check_choice(self.name, "criterion", criterion, CRITERIA)
         self.criterion = criterion
 
     def forward(self, student_out, teacher_out, batch):

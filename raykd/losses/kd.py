@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from raykd.losses import needs, register_loss
+from raykd.losses import LayerMap, LossParams, needs, register_loss
 
 
-@register_loss("ce")
+class KDParams(LossParams):
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T of both models' logits")
+
+
+class LayerMapParams(LossParams):
+    layer_map: LayerMap | None = Field(None, description="[teacher_layer, student_layer] pairs (hidden states: 0 = "
+                                       "embeddings; attention maps: 1..N); default: uniform layer skipping")
+
+
+@register_loss("ce", params=LossParams)
 def ce(student_out, teacher_out, batch):
     """Cross-entropy with the hard labels: -log p_s(y)."""
     return F.cross_entropy(student_out["logits"], batch["label"])
 
 
-@register_loss("kd")
+@register_loss("kd", params=KDParams)
 def kd(student_out, teacher_out, batch, temperature: float = 4.0):
     """Logit KD (Hinton et al. 2015): T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch-mean."""
     T = float(temperature)
@@ -45,7 +55,7 @@ def uniform_layer_map(n_teacher: int, n_student: int) -> list[tuple[int, int]]:
     return [(0, 0)] + [(round(j * step), j) for j in range(1, n_student + 1)]
 
 
-@register_loss("hidden_mse")
+@register_loss("hidden_mse", params=LayerMapParams)
 class HiddenMSE(nn.Module):
     """TinyBERT-style hidden-state MSE over matched layers, MSE(h_s W, h_t), padding masked.
 
@@ -73,7 +83,7 @@ class HiddenMSE(nn.Module):
 needs("hidden_mse", "hidden_states")
 
 
-@register_loss("attention_kl")
+@register_loss("attention_kl", params=LayerMapParams)
 def attention_kl(student_out, teacher_out, batch, layer_map: list[list[int]] | None = None):
     """KL(A_t || A_s) of attention maps over matched layers (heads averaged when counts differ).
 

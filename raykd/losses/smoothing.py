@@ -20,8 +20,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from raykd.losses import needs, register_loss
+from raykd.losses import LossParams, needs, register_loss
+
+
+class LabelSmoothingParams(LossParams):
+    epsilon: float = Field(0.1, ge=0, lt=1, description="mass spread over the other classes")
+
+
+class ConfidencePenaltyParams(LossParams):
+    beta: float = Field(0.1, ge=0, description="weight of the entropy bonus")
+
+
+class SoftCEParams(LossParams):
+    temperature: float = Field(4.0, gt=0, description="temperature T of the previous generation's logits")
+
+
+class BetaSmoothingParams(LossParams):
+    a: float = Field(3.0, gt=0, description="b ~ Beta(a, 1)")
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -36,7 +53,7 @@ def smoothed_targets(labels: torch.Tensor, num_classes: int, on_target: torch.Te
     return q.scatter(1, labels.unsqueeze(1), on.unsqueeze(1))
 
 
-@register_loss("label_smoothing")
+@register_loss("label_smoothing", params=LabelSmoothingParams)
 def label_smoothing(student_out, teacher_out, batch, epsilon: float = 0.1):
     """H(q, p), q = (1 - eps) on y and eps / (K - 1) on each other class; eps = 0 is plain CE."""
     logits = student_out["logits"]
@@ -50,14 +67,14 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-@register_loss("confidence_penalty")
+@register_loss("confidence_penalty", params=ConfidencePenaltyParams)
 def confidence_penalty(student_out, teacher_out, batch, beta: float = 0.1):
     """CE(y, p) - beta * H(p): penalise low-entropy (over-confident) predictions."""
     logits = student_out["logits"]
     return F.cross_entropy(logits, batch["label"]) - float(beta) * entropy(logits).mean()
 
 
-@register_loss("soft_ce")
+@register_loss("soft_ce", params=SoftCEParams)
 def soft_ce(student_out, teacher_out, batch, temperature: float = 4.0):
     """Self-distillation term CE(softmax(z_{g-1} / T), p) with the student at temperature 1."""
     q = F.softmax(teacher_out["logits"].float() / float(temperature), dim=-1)
@@ -84,7 +101,7 @@ def beta_targets(confidence: torch.Tensor, labels: torch.Tensor, num_classes: in
     return smoothed_targets(labels, num_classes, b_assigned)
 
 
-@register_loss("beta_smoothing")
+@register_loss("beta_smoothing", params=BetaSmoothingParams)
 def beta_smoothing(student_out, teacher_out, batch, a: float = 3.0):
     """H(q_beta, p): soft-CE against Beta(a, 1) targets ranked by the reference model's p(y|x)."""
     logits = student_out["logits"]

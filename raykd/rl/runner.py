@@ -39,6 +39,7 @@ from raykd.results import append_rows, config_hash, make_row
 from raykd.rl.dpd import DISTILL_LOSS_KEY, DPDConfig, DPDSACConfig
 from raykd.rl.env import PeerEnv, learner_ids, policy_mapping_fn
 from raykd.rl.settings import Mode, RLSettings
+from raykd.runtime import init_ray
 
 ROLE = {"dpd": "dpd-", "independent": "independent-", "single": ""}
 
@@ -187,7 +188,8 @@ def train_one(settings: RLSettings, mode: Mode, seed: int, out_dir: Path,
         extra["return_at_per_learner_budget"] = float(np.interp(s.steps_per_learner, seen["steps"], seen["return"]))
     row = make_row(method=method_name(mode, s.algorithm), dataset=s.env, student="mlp-" + "x".join(map(str, s.hidden)),
                    params=float(params), accuracy=float("nan"), wall_time_s=time.perf_counter() - t0, seed=seed,
-                   cfg_hash=config_hash(s.model_dump()), run_id=f"{name}-{config_hash(s.model_dump())}", extra=extra)
+                   cfg_hash=config_hash(s.model_dump()), run_id=f"{name}-{config_hash(s.model_dump())}",
+                   eval_split="evaluation episodes", extra=extra)
     return curve, row
 
 
@@ -250,7 +252,7 @@ def run(settings: RLSettings, out_dir: Path, resume: str | None = None) -> pd.Da
     _check_env(settings.env)
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False)
+        init_ray(dashboard=False)  # RLlib needs no dashboard (no Ray Train placement-group cleaner here)
     done_path = out_dir / "finished.json"
     old_done = resume_dir / "finished.json" if resume_dir else None
     finished: dict[str, float] = json.loads(old_done.read_text()) if old_done and old_done.exists() else {}

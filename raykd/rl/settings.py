@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Literal
 
 import gymnasium as gym
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from raykd.config import Strict
 
 Mode = Literal["dpd", "independent", "single"]
 MODE_ALIASES = {"ppo_single": "single"}  # the name used before SAC joined
 
 
-class RLSettings(BaseModel):
+class RLSettings(Strict):
     """Every field has a default; the YAML ``rl:`` section overrides any of them.
 
     Modes: ``dpd`` = two peers with the distillation term; ``independent`` = two peers, distillation
@@ -21,8 +23,6 @@ class RLSettings(BaseModel):
     ``algorithm`` picks the RL algorithm of every learner: ``ppo`` (on-policy, the paper's first
     variant) or ``sac`` (off-policy; the paper used DDPG, both estimate V(s) from the critic).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     env: str = Field("HalfCheetah-v5", description="gymnasium id of a continuous-action task")
     algorithm: Literal["ppo", "sac"] = "ppo"

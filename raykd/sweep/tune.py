@@ -34,14 +34,13 @@ from typing import Any
 import ray
 from ray import tune
 
-from raykd.config import parse_config
+from raykd.config import SPACE_KINDS, parse_config
 from raykd.errors import UserError
 
 TRIAL_DRIVER_CPU = 0.01
 # one-section methods that `raykd sweep` runs as whole trials: method -> "module:function", called as
 # function(settings, out_dir) and returning results rows (the first row is the trial's headline)
 SECTION_SWEEPS = {"dataset_distill": "raykd.distill.dataset:run"}
-SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 
 
 def to_tune(key: str, spec: Any):
@@ -144,13 +143,14 @@ def _run_trial(config: dict) -> None:
                  extra_config={"ds_ref": ds_ref}, callbacks=[TuneReportCallback()])
     with result.checkpoint.as_directory() as d:
         load_weights(student, Path(d) / "model.safetensors")
-    save_student(student, Path(ctx["out"]) / "students" / trial_id, method.is_text(method.load_split("test")))
+    save_student(student, Path(ctx["out"]) / "students" / trial_id, method)
     m = result.metrics
     row = make_row(method=ctx["method_label"], dataset=cfg.data.name, teacher=cfg.teacher.display, student=spec.display,
                    params=s_size["params"], bytes=s_size["bytes"], macs=s_size["macs"], accuracy=m["accuracy"],
                    teacher_params=t_size["params"], teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"],
                    teacher_accuracy=ctx["teacher_accuracy"], a=cfg.metric.a, size=size_key, wall_time_s=time.time() - t0,
                    seed=task.train["seed"], cfg_hash=config_hash(cfg.model_dump()), run_id=f"{ctx['sweep_id']}/{trial_id}",
+                   eval_split=method.data.eval_split,
                    extra={"trial_id": trial_id, "sampled": sampled, "epochs": m.get("epoch"),
                           "teacher_forward_examples": m.get("teacher_forward_examples", 0.0)})
     append_rows(ctx["out"], [row], replace_run_ids=True)
@@ -304,7 +304,7 @@ def add_subparser(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from raykd.cli import init_ray
+    from raykd.cli import check_data, init_ray
     from raykd.config import load_config, parse_config as _parse
 
     if args.resume and not args.config:
@@ -317,6 +317,8 @@ def cmd_sweep(args) -> int:
         cfg = load_config(args.config, overrides)
     else:
         raise UserError("sweep: give a CONFIG or --resume RUN_DIR")
+    for line in check_data(cfg):  # bad data fails here, before any Ray work
+        print(f"[raykd] {line}", flush=True)
     init_ray(cfg.ray)
     sweep(cfg, resume=args.resume)
     return 0

@@ -1,0 +1,166 @@
+"""A run's data, ready to train on: train and evaluation splits, one label mapping, normalisation.
+
+:func:`prepare` takes a ``data:`` config section (as a dict) and returns :class:`Prepared`:
+
+* **Splits.** A registered dataset brings its own test split. A user's file is evaluated on
+  ``test_path`` when given, else on the file's own test split (IDX ``t10k`` files, a saved
+  ``DatasetDict``'s ``test``), else on a seeded, stratified hold-out of ``test_fraction`` of its rows
+  that never overlaps the training rows. ``eval_split`` says which, and every results row carries it.
+* **Labels.** One :class:`~raykd.data.user.LabelMap` per run, fitted on the training rows and applied
+  to every split; the class names travel with saved students.
+* **Normalisation.** Images are scaled to [0, 1] and normalised per channel with the mean and std of
+  this run's training rows (not MNIST's constants for every dataset).
+
+The same config gives the same result in every process (the driver, each Ray worker), so it is
+computed once per process and never shipped through Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raykd.data import info, load, stratified_indices, take
+from raykd.data.user import LabelMap, RawData, read_user
+from raykd.errors import UserError
+
+
+@dataclass(frozen=True)
+class Prepared:
+    train: dict[str, np.ndarray]      # {"x": uint8 [N, C, H, W]} or {"text": str [N]}, plus "label": int64 [N]
+    test: dict[str, np.ndarray]
+    labels: LabelMap                  # class names in class-id order
+    eval_split: str                   # which rows the reported accuracy is measured on
+    norm: dict | None = None          # images: {"mean": [per channel], "std": [per channel]} of the training rows
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.num_classes
+
+    @property
+    def kind(self) -> str:
+        return "text" if "text" in self.train else "image"
+
+    def describe(self) -> dict:
+        """What a saved run records about its data."""
+        return {"eval_split": self.eval_split, "labels": list(self.labels.names), "normalisation": self.norm,
+                "n_train": int(len(self.train["label"])), "n_test": int(len(self.test["label"]))}
+
+
+def prepare(dataset: dict) -> Prepared:
+    """The prepared data of a ``data:`` section (a :class:`raykd.config.DataConfig` dump); cached per process."""
+    return _prepare(json.dumps(dataset, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=8)
+def _prepare(key: str) -> Prepared:
+    d = json.loads(key)
+    if d.get("name") == "user":
+        train, test, labels, where = _user_splits(d)
+    else:
+        train, test = load(d["name"], "train"), load(d["name"], "test")
+        ds = info(d["name"])
+        labels = LabelMap(ds.class_names or tuple(str(i) for i in range(ds.num_classes)), True)
+        where = f"{d['name']} test split"
+    seed = int(d.get("split_seed") or 0)
+    n_test = len(test["label"])
+    train = _subset(train, d.get("train_subset"), seed)
+    test = _subset(test, d.get("test_subset"), seed)
+    if len(test["label"]) < n_test:
+        where += f" ({len(test['label']):,} of its {n_test:,} rows, stratified)"
+    return Prepared(train, test, labels, where, image_stats(train["x"]) if "x" in train else None)
+
+
+def _subset(arrays: dict, n: int | None, seed: int) -> dict:
+    return take(arrays, stratified_indices(arrays["label"], n, seed)) if n is not None and n < len(arrays["label"]) else arrays
+
+
+def _user_splits(d: dict) -> tuple[dict, dict, LabelMap, str]:
+    def read(path: str, split: str) -> RawData:
+        return read_user(path, split, d.get("format"), d.get("text_column", "text"), d.get("label_column", "label"),
+                         d.get("image_shape"))
+
+    train_raw = read(d["path"], "train")
+    if d.get("test_path"):
+        test_raw, where = read(d["test_path"], "test"), f"test_path {Path(d['test_path']).expanduser()}"
+    elif (own := _own_test_split(d)) is not None:
+        test_raw, where = read(d["path"], "test"), own
+    else:
+        frac, seed = float(d.get("test_fraction", 0.2)), int(d.get("split_seed") or 0)
+        LabelMap.fit(train_raw, d.get("num_classes"))  # bad labels are reported with the file's own row numbers
+        train_raw, test_raw = holdout(train_raw, frac, seed)
+        where = f"held-out {frac:g} of {Path(d['path']).expanduser()} (stratified, seed {seed})"
+    if _kinds(train_raw) != _kinds(test_raw):
+        raise UserError(f"{test_raw.where}: holds {_kinds(test_raw)} but the training data holds {_kinds(train_raw)}; "
+                        "use the same columns in both files")
+    if "x" in train_raw.inputs and train_raw.inputs["x"].shape[1:] != test_raw.inputs["x"].shape[1:]:
+        raise UserError(f"{test_raw.where}: images of shape {list(test_raw.inputs['x'].shape[1:])}, but the training "
+                        f"images are {list(train_raw.inputs['x'].shape[1:])}")
+    labels = LabelMap.fit(train_raw, d.get("num_classes"))
+    return ({**train_raw.inputs, "label": labels.encode(train_raw)},
+            {**test_raw.inputs, "label": labels.encode(test_raw)}, labels, where)
+
+
+def _kinds(raw: RawData) -> str:
+    return "text" if "text" in raw.inputs else "images"
+
+
+def _own_test_split(d: dict) -> str | None:
+    """The user's data has its own test split: IDX t10k files, or a saved DatasetDict with a ``test`` split."""
+    path = Path(d["path"]).expanduser()
+    if not path.is_dir():
+        return None
+    if any(path.glob("t10k-images-idx3-ubyte*")) and any(path.glob("t10k-labels-idx1-ubyte*")):
+        return f"{path} t10k files"
+    dd = path / "dataset_dict.json"
+    if dd.exists():
+        try:
+            if "test" in json.loads(dd.read_text()).get("splits", []):
+                return f"{path} split 'test'"
+        except ValueError:
+            raise UserError(f"data.path {dd}: not valid JSON; write the dataset again with save_to_disk") from None
+    return None
+
+
+def holdout(raw: RawData, fraction: float, seed: int) -> tuple[RawData, RawData]:
+    """Split ``raw`` into training and held-out rows: ``fraction`` of every class (rounded, at least one
+    training row per class), drawn with ``seed``. The two never share a row."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"data.test_fraction {fraction}: must lie strictly between 0 and 1")
+    keys = raw.labels.astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    test_idx = []
+    for c in np.unique(keys):
+        rows = np.flatnonzero(keys == c)
+        n_test = min(int(round(len(rows) * fraction)), len(rows) - 1)
+        test_idx.append(rng.choice(rows, size=n_test, replace=False))
+    test_idx = np.sort(np.concatenate(test_idx))
+    if len(test_idx) == 0:
+        raise UserError(f"{raw.where}: {len(raw)} rows are too few to hold out {fraction:g} of them for evaluation; "
+                        "add rows, raise data.test_fraction, or give a test file with data.test_path")
+    train_idx = np.setdiff1d(np.arange(len(raw)), test_idx)
+
+    def part(idx: np.ndarray, what: str) -> RawData:
+        return RawData(f"{raw.where} ({what})", {k: v[idx] for k, v in raw.inputs.items()},
+                       raw.labels.iloc[idx].reset_index(drop=True), raw.names)
+
+    return part(train_idx, "training rows"), part(test_idx, "held-out rows")
+
+
+def image_stats(x: np.ndarray, chunk: int = 8192) -> dict:
+    """Per-channel mean and std of uint8 images scaled to [0, 1] (accumulated in float64, in chunks)."""
+    c = x.shape[1]
+    s = np.zeros(c)
+    ss = np.zeros(c)
+    for i in range(0, len(x), chunk):
+        b = np.asarray(x[i:i + chunk], dtype=np.float64) / 255.0
+        s += b.sum(axis=(0, 2, 3))
+        ss += (b * b).sum(axis=(0, 2, 3))
+    n = len(x) * x.shape[2] * x.shape[3]
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
+    return {"mean": [float(m) for m in mean], "std": [float(max(v, 1e-6)) for v in std]}

@@ -1,0 +1,114 @@
+"""The one place raykd starts or joins Ray.
+
+``init_ray(address)`` connects to the cluster named by ``address`` or ``RAY_ADDRESS`` (``ray job
+submit`` sets it; ``auto`` joins a cluster started with ``ray start`` on this machine). Without one it
+starts a private Ray that lives as long as this process:
+
+* **Loopback only.** The node's IP is 127.0.0.1, so the GCS, raylet, object manager, workers, the
+  dashboard and its agents, and the Prometheus metrics endpoints listen on 127.0.0.1 only. This is
+  Ray's own local-only mode (``ray.init`` on macOS and Windows), switched on by
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; gloo (torch.distributed) is kept on loopback too. (Not
+  covered: the torch.distributed TCPStore of a Ray Train run's rank-0 worker binds every interface;
+  torch has no bind-address setting for it.)
+* **Isolated.** Two runs on one machine each get their own instance, with their own ports, and
+  nothing reaches across. Ray Train's placement-group cleaner asks the state API, every second,
+  whether its run's controller is alive. Told no address, the state API client picks the GCS named
+  in ``/tmp/ray/ray_current_cluster`` (the last ``ray start``) or the only GCS in the process list: with
+  a second instance the lookup failed ("Found multiple active Ray instances", and the cleaner stopped
+  working) or asked the other instance, which does not know the controller, so the cleaner took it for
+  dead and would remove the run's placement group: the run loses its workers. Here every process of
+  the instance starts with ``RAY_ADDRESS`` naming its own GCS (on a port chosen beforehand), so such
+  lookups stay inside; ``ray.init(address="local")`` never joins a cluster it was not told to join.
+
+The dashboard (127.0.0.1, the first free port from 8265) stays on: the placement-group cleaner reads
+actor states through it. Ray's token authentication stays on (``~/.ray/auth_token``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import socket
+from unittest import mock
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
+             logging_level: str = "WARNING", **init_kwargs) -> None:
+    """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), else start an isolated loopback-only
+    local Ray with ``num_cpus`` CPUs (default: all). Does nothing when Ray is already initialised.
+    ``init_kwargs`` go to ``ray.init`` for a local start (e.g. ``object_store_memory``)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    try:
+        _start_local(num_cpus=num_cpus, dashboard=dashboard, logging_level=logging_level, **init_kwargs)
+    except RuntimeError as e:  # the GCS port chosen beforehand was taken in the meantime: try another once
+        if "GCS" not in str(e):
+            raise
+        _start_local(num_cpus=num_cpus, dashboard=dashboard, logging_level=logging_level, **init_kwargs)
+
+
+def local_env() -> dict[str, str]:
+    """Environment of every process of a new local Ray: loopback only, and its own ports."""
+    gcs, dashboard_metrics, autoscaler_metrics = free_loopback_ports(3)
+    env = {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's local-only mode: node IP 127.0.0.1, servers bind to it
+        "RAY_GCS_SERVER_PORT": str(gcs),
+        "RAY_ADDRESS": f"127.0.0.1:{gcs}",  # lookups by any process of this instance find this instance
+        # Prometheus endpoints of the dashboard and the autoscaler have fixed default ports (44227,
+        # 44217) that a second instance could not bind (its metrics would be announced at the first's)
+        "DASHBOARD_METRIC_PORT": str(dashboard_metrics),
+        "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics),
+    }
+    loopback = next((name for _, name in socket.if_nameindex() if name in ("lo", "lo0")), None)
+    if loopback:
+        env["GLOO_SOCKET_IFNAME"] = loopback  # torch.distributed (gloo) in Train workers: loopback only
+    return env
+
+
+def _start_local(*, num_cpus: int | None, dashboard: bool, logging_level: str, **init_kwargs) -> None:
+    import ray
+    from ray._private import ray_constants
+    from ray._private.parameter import RayParams
+
+    # Two things ray.init offers no argument for, patched in this process for the call only:
+    # ENABLE_RAY_CLUSTER is read from the environment when Ray is imported (usually before this), and
+    # the dashboard agent's HTTP port defaults to a fixed 52365 (0: a free port, as Ray's own
+    # cluster_utils starts several nodes on one machine). The processes started read the environment.
+    with _environ(local_env()), mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False), \
+            mock.patch.object(RayParams, "__init__", functools.partialmethod(RayParams.__init__, dashboard_agent_listen_port=0)):
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 logging_level=logging_level, **init_kwargs)
+
+
+def free_loopback_ports(n: int) -> list[int]:
+    """``n`` different TCP ports that are free on 127.0.0.1 now (the kernel's choice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """Set environment variables for the duration of the block (processes started meanwhile inherit
+    them), then restore the old values: this process's own environment is left as it was, so a later
+    ``init_ray`` or a ``raykd`` subprocess started by it does not mistake this instance for a cluster."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
