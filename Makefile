@@ -8,7 +8,7 @@ export RAY_TRAIN_V2_ENABLED := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow clean
 
 setup:
 	@scripts/setup.sh "$(PY)" "$(VENV)"

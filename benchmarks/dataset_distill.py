@@ -2,9 +2,10 @@
 set, against the hard-label variant and random real samples, plus time per outer iteration.
 
 Settings come from configs/dd_mnist_10.yaml, configs/dd_mnist_5.yaml and configs/dd_movie_reviews.yaml
-(their ``dataset_distill`` sections), with the init regime and the number of outer iterations set per row
-below so the whole benchmark fits ~35 minutes of a 2-core CPU. Every row runs through
-``raykd.distill.dataset.run`` (Ray Train distillation, Ray-task evaluation, results rows).
+(their ``dataset_distill`` sections; data, learner and workers from their ``data``/``student``/``engine``
+sections), with the init regime and the number of outer iterations set per row below so the whole benchmark
+fits ~35 minutes of a 2-core CPU. Every row is one ``raykd.run`` of the method (Ray Train distillation,
+Ray-task evaluation, results rows), started fresh (``fresh=True``: an earlier benchmark's rows are not reused).
 
 Columns: soft / hard = accuracy of LeNet-5 (text: text CNN) trained only on the distilled set, for the
 fixed init on that init, for the random-init regime mean +- std over ``eval_inits`` unseen inits;
@@ -33,7 +34,8 @@ import ray
 import torch
 import yaml
 
-from raykd.distill.dataset import DatasetDistillSettings, run
+import raykd
+from raykd.config import RunConfig, parse_config
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -48,14 +50,17 @@ ROWS = [
 ]
 
 
-def settings_for(config: str, overrides: dict, quick: bool, extra: dict | None = None) -> DatasetDistillSettings:
-    section = yaml.safe_load((CONFIGS / config).read_text())["dataset_distill"]
+def config_for(config: str, overrides: dict, quick: bool, out: Path, extra: dict | None = None) -> RunConfig:
+    """The row's config: the file's, with the row's (and the command line's) ``dataset_distill`` overrides."""
+    raw = yaml.safe_load((CONFIGS / config).read_text())
+    section = raw["dataset_distill"]
     section.update(overrides)
     section.update(extra or {})
     if quick:
         section.update({"outer_iterations": max(20, section.get("outer_iterations", 1000) // 20), "eval_inits": 3})
     section["log_every"] = max(10, section.get("outer_iterations", 1000) // 10)
-    return DatasetDistillSettings(**section)
+    raw.update(output_dir=str(out), ray={"num_cpus": 2})
+    return parse_config(raw, str(CONFIGS / config))
 
 
 def fmt(row: dict | None) -> str:
@@ -91,9 +96,10 @@ def main() -> None:
     for i, (label, config, overrides) in enumerate(ROWS):
         if args.only and args.only not in label:
             continue
-        settings = settings_for(config, overrides, args.quick, cli)
+        cfg = config_for(config, overrides, args.quick, out / f"row{i}", cli)
+        settings = cfg.dataset_distill
         t0 = time.time()
-        df = run(settings, out / f"row{i}")
+        df = raykd.run(cfg, fresh=True).table
         total = time.time() - t0
         rows = {r["method"]: r for r in df.to_dict("records")}
         soft = rows.get("dataset_distill[soft]")
@@ -103,7 +109,7 @@ def main() -> None:
             "setting": label, "samples": extra["samples"], "outer_iterations": settings.outer_iterations,
             "steps_x_epochs": f"{settings.steps}x{settings.epochs}",
             "soft": fmt(soft), "hard": fmt(rows.get("dataset_distill[hard]")), "random_real": fmt(rows.get("random_real")),
-            "full_train_set": f"{100 * soft['teacher_accuracy']:.1f}" if soft["teacher_accuracy"] else "-",
+            "full_train_set": f"{100 * soft['teacher_accuracy']:.1f}" if soft["teacher_accuracy"] > 0 else "-",
             "soft_unseen_inits": f"{100 * extra['unseen_init_acc_mean']:.1f} +- {100 * extra['unseen_init_acc_std']:.1f}",
             "sec_per_outer_iter_soft": round(extra["sec_per_outer_iter"], 3),
             "sec_per_outer_iter_hard": round(hard_extra.get("sec_per_outer_iter", float("nan")), 3),

@@ -1,9 +1,10 @@
 """Benchmark: DPD vs one learner vs two independent peers on MuJoCo tasks, several seeds (PPO or SAC).
 
-For each task it runs every (mode, seed) through ``raykd.rl.runner.run`` (RLlib, new API stack),
+For each task it runs every (mode, seed) as one ``method: dpd`` run (``raykd.run``, RLlib new API stack),
 then prints a table of final and best mean return (mean +- std over seeds) and the environment
-steps per second of DPD relative to two independent learners. Curves (CSV + PNG) per task go to
-``benchmarks/out/dpd/<task>/``; the table and the budget go to ``benchmarks/out/dpd.json`` and a
+steps per second of DPD relative to two independent learners. Each task's run (results, curves CSV +
+PNG, checkpoints, TensorBoard) goes to ``benchmarks/out/dpd/<task>/``, and rerunning the same command
+resumes it (finished runs are skipped, unfinished ones continue from their checkpoints); the table and the budget go to ``benchmarks/out/dpd.json`` and a
 small summary to ``benchmarks/dpd_summary.json``.
 
     flock /tmp/raykd-heavy.lock python benchmarks/dpd.py        # 2 tasks x 3 modes x 3 seeds, 8k steps per learner
@@ -23,22 +24,22 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import ray
 
-from raykd.rl.runner import last_finite, method_name, run
-from raykd.rl.settings import RLSettings
+import raykd
+from raykd.rl.runner import last_finite, method_name
+from raykd.rl.settings import PPO_FIELDS, SAC_FIELDS, DPDSettings
 
 HERE = Path(__file__).resolve().parent
 
 
 def returns_from_curve(out_env: Path, extra: dict, seed: int) -> dict:
     """Final (last finite) and best peer-mean return of one run, read back from its saved curve."""
-    curve = pd.read_csv(out_env / "curves" / f"{extra['mode']}-s{seed}.csv")
+    curve = pd.read_csv(extra.get("curve") or out_env / "curves" / f"{extra['mode']}-s{seed}.csv")  # or an older layout
     per_iter = curve.groupby("iteration")["return"].mean()
     return {**extra, "final_return": last_finite(per_iter), "best_return": float(per_iter.max())}
 
 
-def summarise(env: str, rows: pd.DataFrame, settings: RLSettings, out_env: Path) -> list[dict]:
+def summarise(env: str, rows: pd.DataFrame, settings: DPDSettings, out_env: Path) -> list[dict]:
     """One line per method: final/best return over seeds (plus the single learner at the same
     per-learner steps). Returns are read from the runs' saved curves."""
     extra = pd.DataFrame([returns_from_curve(out_env, json.loads(e), int(seed))
@@ -84,30 +85,32 @@ def main() -> None:
     args = p.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if not args.summarise_only:
-        from raykd.runtime import init_ray
-
-        init_ray(num_cpus=os.cpu_count(), dashboard=False)
     start, table, budgets = time.perf_counter(), [], {}
-    try:
-        for env in args.envs:
-            settings = RLSettings(env=env, algorithm=args.algorithm, seeds=args.seeds,
-                                  steps_per_learner=args.steps_per_learner, training_intensity=args.training_intensity,
-                                  learning_starts=args.learning_starts, hidden=args.hidden,
-                                  rollout_fragment_length=args.rollout_fragment_length,
-                                  train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
-                                  num_epochs=args.num_epochs, alpha=args.alpha, distill_weight=args.distill_weight)
-            budgets[env] = settings.model_dump()
-            if args.summarise_only:
-                rows = pd.read_csv(args.out / env / "results.csv")
-                wall = json.loads((args.out.parent / f"{args.out.name}.json").read_text())["wall_time_s"]
-            else:
-                rows = run(settings, args.out / env)
-                wall = time.perf_counter() - start
-            table += summarise(env, rows, settings, args.out / env)
-            report(args, table, budgets, wall, settings.algorithm)  # written after every task
-    finally:
-        ray.shutdown()
+    for env in args.envs:
+        settings = settings_of(args, env)
+        budgets[env] = settings.model_dump()
+        if args.summarise_only:
+            rows = pd.read_csv(args.out / env / "results.csv")
+            wall = json.loads((args.out.parent / f"{args.out.name}.json").read_text())["wall_time_s"]
+        else:
+            config = {"name": f"bench-{env}", "method": "dpd", "output_dir": str(args.out / env),
+                      "ray": {"num_cpus": os.cpu_count(), "dashboard": False},
+                      "dpd": settings.model_dump(include=settings.model_fields_set)}
+            rows = raykd.run(config).table
+            wall = time.perf_counter() - start
+        table += summarise(env, rows, settings, args.out / env)
+        report(args, table, budgets, wall, settings.algorithm)  # written after every task
+
+
+def settings_of(args: argparse.Namespace, env: str) -> DPDSettings:
+    """The ``dpd:`` settings of one task; the other algorithm's options (which a config refuses) are left out."""
+    given = dict(env=env, algorithm=args.algorithm, seeds=args.seeds, steps_per_learner=args.steps_per_learner,
+                 hidden=args.hidden, rollout_fragment_length=args.rollout_fragment_length,
+                 train_batch_size=args.train_batch_size, alpha=args.alpha, distill_weight=args.distill_weight,
+                 training_intensity=args.training_intensity, learning_starts=args.learning_starts,
+                 minibatch_size=args.minibatch_size, num_epochs=args.num_epochs)
+    other = PPO_FIELDS if args.algorithm == "sac" else SAC_FIELDS
+    return DPDSettings(**{k: v for k, v in given.items() if k not in other and v is not None})
 
 
 def report(args: argparse.Namespace, table: list[dict], budgets: dict, wall: float, algorithm: str) -> None:

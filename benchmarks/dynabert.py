@@ -6,8 +6,9 @@ for the same budget on the Ray Train engine, and evaluate every sub-network on t
 Each sub-network is a results row with its own parameters and distillation metric DS (a = 0.5, size
 by parameters; lower is better).
 
-Run (about 20-25 minutes on 2 CPU cores once the teacher is cached):
+Run (about 20-25 minutes on 2 CPU cores once the teacher is cached; ``--check`` only validates):
     flock /tmp/raykd-heavy.lock python benchmarks/dynabert.py
+Each objective is one ``method: dynabert`` run (rerunning the command resumes an interrupted one).
 Writes benchmarks/out/dynabert/ (results table, plots), benchmarks/out/dynabert.json and the small
 benchmarks/dynabert_summary.json.
 """
@@ -28,6 +29,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 
 
+CKD_LOSSES = [{"name": "kd", "weight": 1.0, "temperature": 4.0}, {"name": "wr_pair", "weight": 100.0},
+              {"name": "wr_triple", "weight": 100.0, "window": 21}, {"name": "ltr_pair", "weight": 100.0},
+              {"name": "ltr_triple", "weight": 10.0}]  # as configs/dynabert_ckd.yaml
+
+
+def config(args, loss: str) -> dict:
+    """The run config of one objective: ``dynabert`` (the method's default losses) or ``ckd``."""
+    return {"name": f"dynabert-{loss}", "method": "dynabert", "output_dir": str(Path(args.out) / loss),
+            "ray": {"num_cpus": 2, "dashboard": False},
+            "data": {"name": "movie_reviews", "max_length": 32, "train_subset": args.train_subset, "test_subset": args.test_subset},
+            **({"losses": CKD_LOSSES} if loss == "ckd" else {}),
+            "train": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr, "optimizer": "adamw",
+                      "schedule": "linear", "warmup_fraction": 0.1},
+            "dynabert": {"widths": args.widths, "depths": args.depths, "seeds": args.seeds}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", nargs="+", type=float, default=[0.25, 0.5, 1.0])
@@ -39,25 +56,26 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--out", default=str(HERE / "out" / "dynabert"))
+    p.add_argument("--check", action="store_true", help="validate the configs and stop (no training)")
     args = p.parse_args()
 
-    import ray
+    import raykd
+    from raykd.config import parse_config
 
-    from raykd.distill.dynabert import DynaBertSettings, run
-    from raykd.runtime import init_ray
+    configs = {loss: config(args, loss) for loss in args.losses}
+    if args.check:  # validate the configs only
+        for loss, raw in configs.items():
+            cfg = parse_config(raw, f"dynabert-{loss}")
+            print(f"dynabert-{loss}: valid; {len(cfg.dynabert.widths) * len(cfg.dynabert.depths)} sub-networks, "
+                  f"losses {', '.join(l.name for l in cfg.losses)}, output {cfg.output_dir}")
+        return
+    t_start = time.time()
+    frames = [raykd.run(raw).table for raw in configs.values()]  # the teacher is trained once (cached); rerunning resumes
+    summarise(frames, args, time.time() - t_start)
 
-    init_ray(num_cpus=2)
-    out = Path(args.out)
-    frames, t_start = [], time.time()
-    for loss in args.losses:
-        settings = DynaBertSettings.model_validate({
-            "data": {"name": "movie_reviews", "max_length": 32, "train_subset": args.train_subset, "test_subset": args.test_subset},
-            "widths": args.widths, "depths": args.depths, "loss": loss, "seeds": args.seeds,
-            "train": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr, "optimizer": "adamw",
-                      "schedule": "linear", "warmup_fraction": 0.1}})
-        frames.append(run(settings, out / loss, name=f"dynabert-{loss}"))
-    ray.shutdown()
 
+def summarise(frames: list, args, wall_s: float) -> None:
+    """Print the width x depth table of both objectives and write the JSON summaries."""
     import pandas as pd
 
     df = pd.concat(frames, ignore_index=True)
@@ -85,7 +103,7 @@ def main() -> None:
     result = {"benchmark": "dynabert", "dataset": "movie_reviews", "teacher": "minilm-l6",
               "teacher_accuracy": float(teacher["accuracy"]), "teacher_params": int(teacher["params"]),
               "train_subset": args.train_subset, "test_subset": args.test_subset, "epochs": args.epochs,
-              "seeds": args.seeds, "rows": rows, "wall_s": time.time() - t_start}
+              "seeds": args.seeds, "rows": rows, "wall_s": wall_s}
     (HERE / "out").mkdir(parents=True, exist_ok=True)
     (HERE / "out" / "dynabert.json").write_text(json.dumps(result, indent=2))
     (HERE / "dynabert_summary.json").write_text(json.dumps(result, indent=2))

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raykd.distill.base import TaskSpec, build_method  # noqa: E402
+from raykd.engine.task import TaskSpec, build_task  # noqa: E402
 from raykd.engine.trainer import make_optimizer  # noqa: E402
 
 TEACHER = {"name": "cnn", "args": {"widths": [16, 32], "hidden": 128}, "weights": None}
@@ -43,15 +43,15 @@ def plain_loop(task: TaskSpec, threads: int) -> list[float]:
     """The engine's inner loop without Ray: returns samples/s per epoch."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    method = build_method(task)
+    method = build_task(task)
     arrays = method.load_split("train")
     student, teacher = method.build_student(), method.build_teacher()
     loss_fn = method.build_loss(student, teacher)
     needs = loss_fn.teacher_needs
     opt = make_optimizer(list(student.parameters()) + list(loss_fn.parameters()), task.train)
-    n, bs = len(arrays["label"]), task.train["batch_size"]
+    n, bs = len(arrays["label"]), task.train.batch_size
     rates = []
-    for epoch in range(task.train["epochs"]):
+    for epoch in range(task.train.epochs):
         student.train()
         perm = np.random.default_rng(epoch).permutation(n)
         t0, seen = time.perf_counter(), 0

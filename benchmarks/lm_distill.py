@@ -85,7 +85,7 @@ def main() -> None:
     import ray
 
     from raykd.config import DistillConfig
-    from raykd.distill.base import TaskSpec
+    from raykd.engine.task import TaskSpec
     from raykd.distill.kd import ensure_teacher
     from raykd.distill.lm import MINILM_TEACHER_TRAIN
     from raykd.engine.trainer import fit
@@ -96,7 +96,7 @@ def main() -> None:
     data_full = {"name": "movie_reviews", "max_length": args.max_length}
     tcfg = DistillConfig.model_validate({"data": data_full, "teacher": {"name": "minilm-l6", "train": MINILM_TEACHER_TRAIN},
                                          "students": [{"name": "bert", "args": STUDENTS[args.student]}]})
-    teacher = ensure_teacher(tcfg, storage)
+    teacher = ensure_teacher(tcfg.data, tcfg.teacher, tcfg.engine, storage)
     data = tcfg.data.model_dump() | {"train_subset": args.train_subset, "test_subset": args.test_subset}
     t_spec = {"name": "minilm-l6", "args": {}, "weights": teacher["weights"]}
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": "adamw",
@@ -113,7 +113,7 @@ def main() -> None:
     for seed in args.seeds:
         for row in args.rows:
             task = TaskSpec(dataset=data, student={"name": "bert", "args": STUDENTS[args.student]}, teacher=t_spec,
-                            losses=ROWS[row], train=train | {"seed": seed}, extra={"student_init": args.init})
+                            losses=ROWS[row], train=train | {"seed": seed}, student_init=args.init)
             t0 = time.time()
             res = fit(task, engine, f"lm-{args.student}-{args.init}-{row}-s{seed}-{int(t_start)}", storage, label=row)
             runs.append({"row": row, "seed": seed, "accuracy": res.metrics["accuracy"], "test_nll": res.metrics["test_nll"],

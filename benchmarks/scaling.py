@@ -1,7 +1,7 @@
 """Multi-node scaling of distillation: student-training and teacher-inference samples/s for 1 and 2
 Ray Train workers and both teacher placements (``colocated``, ``actor_pool``).
 
-By default it starts the one-machine two-node cluster of :mod:`raykd.cluster` (head + node b, each
+By default it starts the one-machine two-node cluster of :mod:`raykd.testing.cluster` (head + node b, each
 ``--cpus-per-node`` logical CPUs, token auth on); with ``--address`` it runs on an existing cluster
 (e.g. one started from ``cluster.yaml``: ``--address auto`` on the head node).
 
@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO))
 
 def build_task(train_subset: int, epochs: int, batch_size: int):
     from raykd.config import load_config
-    from raykd.distill.base import TaskSpec
+    from raykd.engine.task import TaskSpec
     from raykd.distill.kd import ensure_teacher
 
     cfg = load_config(REPO / "configs" / "mnist_kd.yaml")
-    teacher = ensure_teacher(cfg, REPO / "runs" / "scaling" / "ray")
+    teacher = ensure_teacher(cfg.data, cfg.teacher, cfg.engine, REPO / "runs" / "scaling" / "ray")
     student = cfg.students[1]
     data = cfg.data.model_dump() | {"train_subset": train_subset, "test_subset": 1000}
     task = TaskSpec(dataset=data, student={"name": student.name, "args": student.args},
@@ -55,14 +55,14 @@ def teacher_colocated_rate(task, workers: int) -> float:
 
     @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
     def shard(rank: int) -> tuple[int, float]:
-        from raykd.distill.base import build_method
+        from raykd.engine.task import build_task
 
         torch.set_num_threads(1)
-        method = build_method(task)
+        method = build_task(task)
         arrays = method.load_split("train")
         teacher = method.build_teacher()
         idx = np.arange(rank, len(arrays["label"]), workers)
-        bs = int(task.train["batch_size"])
+        bs = int(task.train.batch_size)
         t0 = time.perf_counter()
         for i in range(0, len(idx), bs):
             method.teacher_forward(teacher, method.batch(arrays, idx[i:i + bs]), {"logits"})
@@ -150,7 +150,7 @@ def main() -> int:
         init_ray(args.address)
         rows = run(args)
     else:
-        from raykd.cluster import LocalCluster, NodeSpec
+        from raykd.testing.cluster import LocalCluster, NodeSpec
 
         nodes = [NodeSpec("head", args.cpus_per_node, {"node_head": 1}),
                  NodeSpec("b", args.cpus_per_node, {"node_b": 1, "fake_gpu": 1})]

@@ -16,7 +16,9 @@ under the heavy-job lock::
     OMP_NUM_THREADS=1 flock /tmp/raykd-heavy.lock python benchmarks/self_distill.py
 
 Writes ``benchmarks/out/self_distill.json`` (everything, per seed) and the small
-``benchmarks/self_distill_summary.json``.
+``benchmarks/self_distill_summary.json``. Each dataset is one ``raykd.run`` of its config: an interrupted
+benchmark run again resumes (models with a results row are not retrained); ``--fresh`` starts over,
+``--check`` only validates the budgeted configs.
 """
 
 from __future__ import annotations
@@ -37,27 +39,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Budget cuts applied on top of the full configs (documented in the JSON).
+# Budget cuts applied on top of the full configs (documented in the JSON): top-level sections replaced.
 BUDGET = {
     "movie_reviews": {"config": "configs/sd_movie_reviews.yaml",
                       "override": {"train": {"epochs": 6, "batch_size": 64, "lr": 0.001, "optimizer": "adamw",
                                              "weight_decay": 0.0001}}},
     "fashion_mnist": {"config": "configs/sd_fashion_mnist.yaml",
                       "override": {"data": {"name": "fashion_mnist", "train_subset": 6000, "test_subset": 2000},
-                                   "model": {"name": "cnn", "args": {"widths": [8, 16], "hidden": 32}},
+                                   "student": {"name": "cnn", "args": {"widths": [8, 16], "hidden": 32}},
                                    "train": {"epochs": 3, "batch_size": 128, "lr": 0.003, "optimizer": "adamw",
                                              "weight_decay": 0.0001}}},
 }
 
 
-def settings_for(dataset: str, generations: int, seeds: list[int]):
-    from raykd.distill.self_distill import SelfDistillSettings
+def config_for(dataset: str, generations: int, seeds: list[int], out: Path):
+    """The validated run config of one dataset: its config file with the budget cuts."""
+    from raykd.config import parse_config
 
     spec = BUDGET[dataset]
-    raw = yaml.safe_load((ROOT / spec["config"]).read_text())["self_distill"]
+    raw = yaml.safe_load((ROOT / spec["config"]).read_text())
     raw.update(spec["override"])
-    raw.update({"generations": generations, "seeds": seeds})
-    return SelfDistillSettings.model_validate(raw)
+    raw["self_distill"].update({"generations": generations, "seeds": seeds})
+    raw.update({"name": f"bench_sd_{dataset}", "output_dir": str(out), "ray": {"num_cpus": 2}})
+    return parse_config(raw, spec["config"])
 
 
 def paired(metrics: pd.DataFrame, a: str, b: str, col: str) -> dict:
@@ -108,20 +112,42 @@ def write_report(report: dict, out_root: Path) -> None:
     print(f"\nwrote {out} and benchmarks/self_distill_summary.json", flush=True)
 
 
+def dataset_report(cfg, out: Path, wall: float) -> dict:
+    metrics = pd.read_csv(out / "self_distill_metrics.csv")
+    summary = pd.read_csv(out / "self_distill_summary.csv")
+    s = cfg.self_distill
+    return {
+        "budget": {"data": cfg.data.model_dump(exclude_none=True), "student": cfg.student.model_dump(),
+                   "train": cfg.train.model_dump(), "generations": s.generations, "seeds": s.seeds,
+                   "text_features": s.text_features if cfg.data.name == "movie_reviews" else None,
+                   "note": "subsets and few epochs to fit a shared 2-core CPU machine; not the paper's scale"},
+        "wall_time_s": wall,
+        "summary": summary.replace({np.nan: None}).to_dict(orient="records"),
+        "per_seed": metrics.replace({np.nan: None}).to_dict(orient="records"),
+        "claims": verdicts(metrics, s.generations),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(BUDGET), choices=list(BUDGET))
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "self_distill"))
+    p.add_argument("--fresh", action="store_true", help="retrain every model (default: resume an earlier attempt)")
+    p.add_argument("--check", action="store_true", help="validate the budgeted configs and exit")
     args = p.parse_args()
+    configs = {name: config_for(name, args.generations, args.seeds, Path(args.out) / name) for name in args.datasets}
+    if args.check:
+        for name, cfg in configs.items():
+            print(f"{name}: {cfg.data.name}, {cfg.student.display}, {cfg.train.epochs} epochs, "
+                  f"{len(cfg.self_distill.seeds)} seeds, {cfg.self_distill.generations} generations: ok")
+        return
 
     import ray
 
-    from raykd.distill.self_distill import run
-    from raykd.runtime import init_ray
+    import raykd
 
-    init_ray(num_cpus=2)
     report: dict = {"paper": "Zhang & Sabuncu, Self-Distillation as Instance-Specific Label Smoothing (NeurIPS 2020)",
                     "machine": f"{os.cpu_count()} CPU cores, shared with other jobs; no GPU", "datasets": {}}
     previous = Path(args.out).parent / "self_distill.json"
@@ -131,24 +157,10 @@ def main() -> None:
         if kept:
             print(f"keeping earlier results for {sorted(kept)} from {previous}", flush=True)
     try:
-        for name in args.datasets:
-            settings = settings_for(name, args.generations, args.seeds)
+        for name, cfg in configs.items():
             t0 = time.time()
-            run(settings, Path(args.out) / name, name=f"bench_sd_{name}")
-            wall = time.time() - t0
-            metrics = pd.read_csv(Path(args.out) / name / "self_distill_metrics.csv")
-            summary = pd.read_csv(Path(args.out) / name / "self_distill_summary.csv")
-            summary.insert(0, "dataset", name)
-            report["datasets"][name] = {
-                "budget": {"data": settings.data.model_dump(exclude_none=True), "model": settings.model.model_dump(),
-                           "train": settings.train.model_dump(), "generations": settings.generations,
-                           "seeds": settings.seeds, "text_features": settings.text_features if name == "movie_reviews" else None,
-                           "note": "subsets and few epochs to fit a shared 2-core CPU machine; not the paper's scale"},
-                "wall_time_s": wall,
-                "summary": summary.replace({np.nan: None}).to_dict(orient="records"),
-                "per_seed": metrics.replace({np.nan: None}).to_dict(orient="records"),
-                "claims": verdicts(metrics, settings.generations),
-            }
+            raykd.run(cfg, fresh=args.fresh)  # a rerun of an interrupted benchmark resumes it
+            report["datasets"][name] = dataset_report(cfg, Path(cfg.output_dir), time.time() - t0)
             write_report(report, Path(args.out).parent)  # after every dataset, so a cut-short run keeps its results
     finally:
         ray.shutdown()

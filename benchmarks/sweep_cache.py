@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "sweep_cache.json"))
     args = p.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from raykd.distill.base import TaskSpec
+    from raykd.engine.task import TaskSpec
     from raykd.distill.kd import ensure_teacher
     from raykd.engine.teacher_cache import built_examples, cache_key
     from raykd.paths import cache_dir
@@ -56,7 +56,7 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     # the fine-tuned teacher is shared by both sweeps (trained once, cached) and not timed
     base = parse_config(config(root / "teacher", False, args.subset, args.epochs))
-    teacher = ensure_teacher(base, root / "teacher" / "ray")
+    teacher = ensure_teacher(base.data, base.teacher, base.engine, root / "teacher" / "ray")
     rows = {}
     for cache in (False, True):
         cfg = parse_config(config(root / ("cache" if cache else "online"), cache, args.subset, args.epochs))
@@ -67,6 +67,7 @@ def main() -> None:
         shutil.rmtree(key_dir, ignore_errors=True)  # the cached sweep pays for building its cache
         t0 = time.time()
         df = sweep(cfg)
+        df = df[df["method"] != "teacher"]
         wall = time.time() - t0
         in_trials = sum(json.loads(e)["teacher_forward_examples"] or 0 for e in df["extra"])
         build = built_examples(task) if cache else 0

@@ -1,128 +1,76 @@
 """``raykd`` — one command line for everything.
 
-    raykd run CONFIG [--set key=value ...]     run an experiment (any method) from a YAML config
-    raykd check CONFIG [--set ...]             validate a config and print it, without running
+    raykd run CONFIG [--set key=value ...]     run an experiment (any method) from a YAML config;
+                                               the same command again resumes it (--fresh: start over)
+    raykd check CONFIG [--set ...]             validate a config and open its data, without running
+    raykd sweep CONFIG [--set ...]             Ray Tune sweep over the config's `sweep:` space (rerun: resume)
+    raykd methods                              the registered methods and their config sections
     raykd data list | fetch NAME               datasets: what is registered, fetch + unpack one
     raykd report RUN_DIR [--a A] [--size S]    leaderboard and plots from a results table
-    raykd sweep CONFIG [--resume RUN_DIR]      Ray Tune sweep (search space in the YAML)
-    raykd rl CONFIG                            dual policy distillation on RLlib (alias of run)
+    raykd submit CONFIG --address URL          run on a cluster with `ray job submit`
 
+``--plugin FILE.py|module`` (repeatable) imports user code that registers losses, models, datasets
+or methods, in the driver and in every Ray worker (as ``plugins:`` in the config does).
 User errors (bad config, missing file, unknown name) print one sentence and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
-from typing import Callable
 
 from raykd.errors import UserError
 
-# method -> "module:function" that runs a validated config and returns its results table
-RUNNERS: dict[str, str] = {
-    "kd": "raykd.distill.kd:run",
-    "dpd": "raykd.rl.runner:run",
-    "dataset_distill": "raykd.distill.dataset:run",
-    "self_distill": "raykd.distill.self_distill:run",
-    "dynabert": "raykd.distill.dynabert:run",
-}
 
+def _load(args):
+    from raykd.config import load_config
 
-def register_runner(method: str, target: str) -> None:
-    RUNNERS[method] = target
-
-
-def _runner(method: str) -> Callable:
-    mod, fn = RUNNERS[method].split(":")
-    return getattr(importlib.import_module(mod), fn)
-
-
-def init_ray(ray_cfg) -> None:
-    """Connect to the cluster in ``ray.address``/``RAY_ADDRESS`` (e.g. under ``ray job submit``), else
-    start an isolated, loopback-only local Ray in-process (see ``raykd.runtime``)."""
-    from raykd.runtime import init_ray as start_or_join
-
-    start_or_join(ray_cfg.address, num_cpus=ray_cfg.num_cpus, dashboard=ray_cfg.dashboard)
-
-
-def data_sections(model, where: str = "") -> list[tuple[str, object]]:
-    """Every ``data:`` section (a DataConfig) of a validated config, with its dotted location."""
-    from pydantic import BaseModel
-
-    from raykd.config import DataConfig
-
-    if isinstance(model, DataConfig):
-        return [(where, model)]
-    found = []
-    if isinstance(model, BaseModel):
-        for name in type(model).model_fields:
-            found += data_sections(getattr(model, name), f"{where}.{name}" if where else name)
-    return found
-
-
-def check_data(cfg) -> list[str]:
-    """Open the data of a config on the driver, before any Ray work: a bad file fails here with one
-    sentence (UserError). Returns one summary line per data section."""
-    from raykd.data.prepare import prepare
-    from raykd.engine.checkpoint import check_weights_file
-
-    for section in (getattr(cfg, "teacher", None), getattr(getattr(cfg, cfg.method, None), "teacher", None)):
-        if getattr(section, "checkpoint", None):
-            check_weights_file(section.checkpoint)
-    lines = []
-    for where, section in data_sections(cfg):
-        p = prepare(section.model_dump())
-        names = ", ".join(p.labels.names[:10]) + (", ..." if p.num_classes > 10 else "")
-        lines.append(f"{where}: {section.name}, {len(p.train['label']):,} training rows, {p.num_classes} classes ({names}); "
-                     f"evaluated on {p.eval_split}: {len(p.test['label']):,} rows")
-    return lines
+    overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if getattr(args, "output_dir", None) else [])
+    return load_config(args.config, overrides, plugins=args.plugin)
 
 
 def cmd_run(args) -> int:
-    from raykd.config import load_config
+    from raykd.lifecycle import check_inputs, execute
 
-    cfg = load_config(args.config, args.set)
-    if args.output_dir:
-        cfg.output_dir = args.output_dir
-    for line in check_data(cfg):
+    cfg = _load(args)
+    for line in check_inputs(cfg):  # bad data fails here, before any Ray work
         print(f"[raykd] {line}", flush=True)
-    runner = _runner(cfg.method)
-    init_ray(cfg.ray)
-    from raykd.config import METHOD_SECTIONS
+    result = execute(cfg, fresh=args.fresh)  # prints the results table and writes the plots
+    print(f"[raykd] results: {result.output_dir}/results.csv")
+    return 0
 
-    if cfg.method in METHOD_SECTIONS:  # methods configured by one section: run(settings, out_dir)
-        from pathlib import Path
 
-        from raykd.report import format_table
+def cmd_sweep(args) -> int:
+    from raykd.lifecycle import check_inputs
+    from raykd.sweep.tune import sweep
 
-        section = METHOD_SECTIONS[cfg.method][0]
-        import inspect
-
-        params = inspect.signature(runner).parameters
-        kwargs = {"metric": cfg.metric} if "metric" in params else {}
-        if getattr(args, "resume", None):
-            if "resume" not in params:
-                raise UserError(f"--resume is not supported for method {cfg.method!r}")
-            kwargs["resume"] = args.resume
-        df = runner(getattr(cfg, section), Path(cfg.output_dir), **kwargs)
-        if df is not None and len(df):
-            print(f"\nResults ({cfg.output_dir}/results.csv):")
-            print(format_table(df))
-    else:
-        runner(cfg)
+    cfg = _load(args)
+    if cfg.sweep is None if hasattr(cfg, "sweep") else True:
+        raise UserError(f"{args.config}: sweep: this config has no `sweep:` section with a search space")
+    for line in check_inputs(cfg):
+        print(f"[raykd] {line}", flush=True)
+    sweep(cfg, fresh=args.fresh)
     return 0
 
 
 def cmd_check(args) -> int:
-    from raykd.config import load_config
+    from raykd.lifecycle import check_inputs, config_summary
 
-    cfg = load_config(args.config, args.set)
-    print(json.dumps(cfg.model_dump(), indent=2, default=str))
-    for line in check_data(cfg):
+    cfg = _load(args)
+    print(json.dumps(config_summary(cfg), indent=2))
+    for line in check_inputs(cfg):
         print(line)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from raykd.registry import METHODS
+
+    for name in METHODS.names():
+        m = METHODS.get(name)
+        sections = ", ".join([*m.sections, *([name] if m.settings else [])])
+        print(f"{name:16s} {m.summary}\n{'':16s} sections: {sections}")
     return 0
 
 
@@ -150,19 +98,30 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _config_args(r: argparse.ArgumentParser, run: bool) -> None:
+    r.add_argument("config")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="import user code (losses, models, datasets, methods) here and in every Ray worker (repeatable)")
+    if run:
+        r.add_argument("--output-dir", default=None, help="override output_dir")
+        r.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier attempt of the same run")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from raykd.submit import add_subparser as add_submit
+
     p = argparse.ArgumentParser(prog="raykd", description="Distillation on Ray: model, dataset, policy and self-distillation.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn, helptext in (("run", cmd_run, "run an experiment from a YAML config"),
-                               ("rl", cmd_run, "run dual policy distillation (a `method: dpd` config)"),
-                               ("check", cmd_check, "validate a config without running it")):
+    for name, fn, helptext in (("run", cmd_run, "run (or resume) an experiment from a YAML config"),
+                               ("rl", cmd_run, "alias of run (dual policy distillation configs)"),
+                               ("sweep", cmd_sweep, "run (or resume) a Ray Tune sweep declared in a config's `sweep:` section"),
+                               ("check", cmd_check, "validate a config and open its data, without running")):
         r = sub.add_parser(name, help=helptext)
-        r.add_argument("config")
-        r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
-        if name != "check":
-            r.add_argument("--output-dir", default=None, help="override output_dir")
-            r.add_argument("--resume", default=None, metavar="DIR", help="continue from checkpoints in DIR (methods that support it, e.g. dpd)")
+        _config_args(r, run=name != "check")
         r.set_defaults(fn=fn)
+    m = sub.add_parser("methods", help="list the registered methods and their config sections")
+    m.set_defaults(fn=cmd_methods)
     d = sub.add_parser("data", help="list or fetch datasets")
     d.add_argument("action", choices=["list", "fetch"])
     d.add_argument("name", nargs="?")
@@ -172,10 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--a", type=float, default=0.5, help="weight of size in DS (0..1)")
     rep.add_argument("--size", choices=["params", "bytes", "macs"], default="params")
     rep.set_defaults(fn=cmd_report)
-    for extra in ("sweep", "submit"):
-        mod = importlib.util.find_spec(f"raykd.{'sweep.tune' if extra == 'sweep' else 'submit'}")
-        if mod is not None:
-            importlib.import_module(mod.name).add_subparser(sub)
+    add_submit(sub)
     return p
 
 

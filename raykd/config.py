@@ -7,139 +7,29 @@ impossible values, unknown registry names, unknown or bad loss parameters and mo
 layer maps beyond the models' depths, sweep axes that name no field and missing files fail here,
 before any Ray work, with one sentence naming the field (the CLI exits 2).
 
-Top-level fields shared by every method: ``name``, ``method``, ``output_dir``, ``seed``, ``ray``,
-``metric``. Method-specific sections are validated by the section models their methods define
-(``rl:`` for ``dpd``, ``dataset_distill:`` for ``dataset_distill``, ...).
+One layout for every method: the top level shared by all (``name``, ``method``, ``output_dir``,
+``seed``, ``ray``, ``metric``, ``plugins``: :class:`RunConfig`), the shared sections the method reads
+(``data``, ``teacher``, ``student``/``students``, ``losses``, ``train``, ``engine``, ``sweep``:
+:data:`SECTION_TYPES`) and one section named after the method for what is its own (its settings
+model, :class:`raykd.method.Method`). :func:`config_class` builds the model of a method from these.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
-import json
 import math
-import typing
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from raykd.errors import UserError
+from raykd.registry import DATASETS, LOSSES, METHODS, MODELS, NEEDS, args_model, check_args, check_loss_params, loss_params, meta_model
+from raykd.schema import FieldError, Strict, _error_loc, _error_message
 
-
-class FieldError(ValueError):
-    """A config error below the field being validated: ``where`` (e.g. ``temprature`` or ``args.widthz``)
-    extends the field's location in the message, so the user reads ``losses.0.temprature: ...``."""
-
-    def __init__(self, where: str, message: str):
-        super().__init__(message)
-        self.where = where
-
-
-def _number_not_bool(annotation: Any) -> bool:
-    """Whether a field of this type holds numbers but no booleans (``int``, ``float | None``, ``list[int]``...)."""
-    seen: set[str] = set()
-
-    def walk(t: Any) -> None:
-        if t is bool or t is Any:
-            seen.add("bool")
-        elif t is int or t is float:
-            seen.add("number")
-        else:
-            for a in typing.get_args(t):
-                walk(a)
-
-    walk(annotation)
-    return seen == {"number"}
-
-
-class Strict(BaseModel):
-    """Base of every config model (and of every loss's parameter model): unknown fields, non-finite
-    numbers (``.inf``, ``.nan``) and booleans where numbers are meant (``epochs: true``) are refused."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_number(cls, v: Any, info: ValidationInfo) -> Any:
-        if isinstance(v, bool) or (isinstance(v, (list, tuple)) and any(isinstance(x, bool) for x in v)):
-            if _number_not_bool(cls.model_fields[info.field_name].annotation):
-                raise ValueError(f"expected a number, got {json.dumps(v)}")
-        return v
-
-
-class SignatureParams(Strict):
-    """Base of parameter models derived from a signature (defaults are the callable's own, not re-validated)."""
-
-    model_config = ConfigDict(validate_default=False, arbitrary_types_allowed=True)
-
-
-class OpenSignatureParams(SignatureParams):
-    """... of a callable taking ``**kwargs``: further parameters are passed through unchecked."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-def signature_model(fn: Callable, skip: int, name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
-    """A parameter model derived from ``fn``'s signature, for registered callables that declare none.
-
-    The parameters after the first ``skip`` (and not in ``exclude``) become fields: annotations as
-    types (``Any`` where there is none), defaults as defaults, no default = required; ``**kwargs``
-    makes the model open (it then accepts any further parameter)."""
-    try:
-        sig = inspect.signature(fn, eval_str=True)
-    except Exception:  # noqa: BLE001 - unresolvable string annotations: fields become Any below
-        sig = inspect.signature(fn)
-    fields: dict[str, Any] = {}
-    base: type[BaseModel] = SignatureParams
-    for p in list(sig.parameters.values())[skip:]:
-        if p.kind is p.VAR_KEYWORD:
-            base = OpenSignatureParams
-        elif p.kind is not p.VAR_POSITIONAL and p.name not in exclude and not p.name.startswith("_"):
-            ann = Any if p.annotation is p.empty or isinstance(p.annotation, str) else p.annotation
-            fields[p.name] = (ann, ... if p.default is p.empty else p.default)
-    try:
-        return create_model(name, __base__=base, **fields)
-    except Exception:  # noqa: BLE001 - a type pydantic cannot validate: check the names only
-        return create_model(name, __base__=base, **{k: (Any, d) for k, (_, d) in fields.items()})
-
-
-def _error_loc(e: dict) -> list:
-    """Location of one pydantic error, extended by a :class:`FieldError`'s ``where``."""
-    loc = [str(p) for p in e["loc"]]
-    cause = (e.get("ctx") or {}).get("error")
-    if isinstance(cause, FieldError) and cause.where:
-        loc += cause.where.split(".")
-    return loc
-
-
-def _error_message(e: dict) -> str:
-    if e["type"] == "missing":
-        return "required; add it"
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] != "value_error" and isinstance(e.get("input"), (int, float, str)):
-        msg += f", got {e['input']!r}"
-    return msg
-
-
-def validate_params(model: type[BaseModel], params: dict, what: str, also: tuple[str, ...] = ()) -> BaseModel:
-    """Validate the parameters of a registered loss or model (``what``: e.g. "parameter of loss 'kd'");
-    raises :class:`FieldError` naming the parameter and, for an unknown one, the closest valid name
-    (among the model's fields and the names in ``also``, e.g. a loss entry's ``weight``)."""
-    try:
-        return model.model_validate(params)
-    except ValidationError as err:
-        e = err.errors()[0]
-        where = ".".join(_error_loc(e))
-        if e["type"] == "extra_forbidden":
-            known = sorted(model.model_fields)
-            close = difflib.get_close_matches(str(e["loc"][0]), known + list(also), n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else (f"known: {', '.join(known)}" if known else "it takes none")
-            raise FieldError(where, f"unknown {what}; {hint}") from None
-        raise FieldError(where, _error_message(e)) from None
+__all__ = ["FieldError", "Strict", "RunConfig", "DataConfig", "ModelSpec", "TeacherConfig", "TrainConfig", "LossSpec",
+           "EngineConfig", "SweepConfig", "RayConfig", "MetricConfig", "config_class", "parse_config", "load_config"]
 
 
 class RayConfig(Strict):
@@ -173,8 +63,6 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        from raykd import data
-
         if self.name == "user":
             if not self.path:
                 raise ValueError("data.path is required when data.name is 'user'")
@@ -182,8 +70,8 @@ class DataConfig(Strict):
                 value = getattr(self, field)
                 if value and not Path(value).expanduser().exists():
                     raise ValueError(f"data.{field} {value}: no such file or directory")
-        elif self.name not in data.DATASETS:
-            raise ValueError(data.DATASETS.unknown_message(self.name) + " (data.name)")
+        elif self.name not in DATASETS:
+            raise ValueError(DATASETS.unknown_message(self.name) + " (data.name)")
         elif self.path or self.test_path:
             raise ValueError(f"data.path is for your own data: set data.name to 'user' (not {self.name!r}) to read it")
         return self
@@ -197,17 +85,13 @@ class ModelSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from raykd import models
-
-        if v not in models.MODELS:
-            raise ValueError(models.MODELS.unknown_message(v))
+        if v not in MODELS:
+            raise ValueError(MODELS.unknown_message(v))
         return v
 
     @model_validator(mode="after")
     def _args(self):
-        from raykd import models
-
-        models.check_args(self.name, self.args)
+        check_args(self.name, self.args)
         return self
 
     @property
@@ -260,16 +144,12 @@ class LossSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from raykd import losses
-
-        if v not in losses.LOSSES:
-            raise ValueError(losses.LOSSES.unknown_message(v))
+        if v not in LOSSES:
+            raise ValueError(LOSSES.unknown_message(v))
         return v
 
     @model_validator(mode="after")
     def _params(self):
-        from raykd.losses import check_loss_params
-
         check_loss_params(self.name, self.params)
         return self
 
@@ -341,7 +221,6 @@ class SweepConfig(Strict):
     reduction_factor: int = Field(2, ge=2)
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster's CPUs fit")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial (e.g. a lost node)")
-    label: str = Field("kd", description="method label of the sweep's rows")
 
     @field_validator("space")
     @classmethod
@@ -356,9 +235,6 @@ def config_key_problem(root: BaseModel, key: str) -> str | None:
 
     In a kd config ``student`` stands for ``students.0``. Where a loss's parameters or a model's
     arguments are addressed, the names come from the loss's parameter model or the model's factory."""
-    from raykd import models
-    from raykd.losses import loss_params
-
     shown = key.split(".")
     parts = list(shown)
     offset = 0
@@ -379,7 +255,7 @@ def config_key_problem(root: BaseModel, key: str) -> str | None:
                 return None  # a loss parameter; its values are checked when each trial's config is validated
             return no_such(i, part, [*type(cur).model_fields, *params.model_fields])
         if isinstance(cur, ModelSpec) and part == "args":
-            args = models.args_model(cur.name)
+            args = args_model(cur.name)
             if len(parts) > i + 1 and parts[i + 1] not in args.model_fields and args.model_config.get("extra") != "allow":
                 return no_such(i + 1, parts[i + 1], list(args.model_fields))
             return None
@@ -398,14 +274,25 @@ def config_key_problem(root: BaseModel, key: str) -> str | None:
     return None
 
 
-def check_layer_maps(losses: list[LossSpec], field: str, teacher: ModelSpec, students: list[ModelSpec]) -> None:
-    """Refuse a loss's ``layer_map`` that names a layer the teacher or a student lacks, for the models
-    whose depths the config itself says (BERTs: ``raykd.distill.lm.bert_shape``, no weights loaded)."""
-    from raykd.distill.lm import BERT_MODELS, bert_shape
-    from raykd.losses import NEEDS, check_loss_params
+def model_shape(m: ModelSpec) -> dict[str, int]:
+    """Layers, width, heads and FFN size of a transformers model spec, read from the model built on the
+    meta device (no weights, no files); empty for models without a ``config`` (CNNs) or that cannot be
+    built that way."""
+    try:
+        cfg = getattr(meta_model(m.name, m.args), "config", None)
+    except Exception:  # noqa: BLE001 - not buildable on meta: nothing is checked here, the run reports it
+        return {}
+    if cfg is None or not hasattr(cfg, "num_hidden_layers"):
+        return {}
+    return {"num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
+            "num_heads": cfg.num_attention_heads, "intermediate_size": getattr(cfg, "intermediate_size", None)}
 
+
+def check_layer_maps(losses: list[LossSpec], field: str, teacher: ModelSpec, students: list[ModelSpec]) -> None:
+    """Refuse a loss's ``layer_map`` that names a layer the teacher or a student lacks, for models whose
+    depth shows when they are built on the meta device (transformers models: ``config.num_hidden_layers``)."""
     def depth(m: ModelSpec) -> int | None:
-        return bert_shape(m.name, m.args)["num_layers"] if m.name in BERT_MODELS else None
+        return model_shape(m).get("num_layers")
 
     for i, spec in enumerate(losses):
         pairs = check_loss_params(spec.name, spec.params).get("layer_map")
@@ -424,13 +311,18 @@ def check_layer_maps(losses: list[LossSpec], field: str, teacher: ModelSpec, stu
                                      f"{label} ({m.display}) has {what} {first}..{n}{zero}; name layers in that range")
 
 
-class BaseRunConfig(Strict):
-    name: str = "raykd"
+class RunConfig(Strict):
+    """The top level every config shares; :func:`config_class` adds the method's shared sections and
+    its own section (named after the method)."""
+
+    name: str = Field("raykd", description="name of the run (with the config's hash, its run id: a rerun resumes it)")
     method: str
     output_dir: str = "runs/raykd"
     seed: int = 0
     ray: RayConfig = Field(default_factory=RayConfig)
     metric: MetricConfig = Field(default_factory=MetricConfig)
+    plugins: list[str] = Field(default_factory=list, description="your own code: module names or .py files, imported "
+                               "before the config is validated and in every Ray worker (register losses, models, ...)")
 
     @model_validator(mode="after")
     def _sweep_keys(self):
@@ -441,103 +333,47 @@ class BaseRunConfig(Strict):
                 raise FieldError(f"sweep.space.{key}", problem)
         return self
 
-
-class DistillConfig(BaseRunConfig):
-    """Teacher -> students distillation on the Ray Train engine (CNNs on images, BERTs on text)."""
-
-    method: Literal["kd"] = "kd"
-    data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(name="cnn", args={"widths": [32, 64], "hidden": 128}))
-    students: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(name="cnn", args={"widths": [8, 16], "hidden": 32})], min_length=1)
-    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd", temperature=4.0), LossSpec(name="ce", weight=0.5)], min_length=1)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    allow_larger_student: bool = Field(False, description="permit a student with more parameters than its teacher")
-    baseline_scratch: bool = Field(False, description="also train each student from scratch with CE on the same budget")
-    sweep: SweepConfig | None = None
-    student_init: Literal["random", "teacher_layers"] = Field(
-        "random", description="BERT students: random weights, or the teacher's embeddings + uniformly skipped layers (equal widths)")
-
-    @model_validator(mode="after")
-    def _student_init(self):
-        from raykd.distill.lm import check_student_init
-
-        check_student_init(self.student_init, (self.teacher.name, self.teacher.args),
-                           [(s.name, s.args) for s in self.students])
-        return self
-
-    @model_validator(mode="after")
-    def _sizes(self):
-        if self.allow_larger_student:
-            return self
-        from raykd.models.size import param_count_on_meta
-
-        num_classes = self.data.num_classes
-        t = param_count_on_meta(self.teacher.name, self.teacher.args, num_classes)
-        for i, s in enumerate(self.students):
-            n = param_count_on_meta(s.name, s.args, num_classes)
-            if t is not None and n is not None and n > t:
-                raise ValueError(f"students[{i}] has {n:,} parameters, more than the teacher's {t:,}; "
-                                 "shrink it or set allow_larger_student: true")
-        return self
-
-    @model_validator(mode="after")
-    def _layer_maps(self):
-        check_layer_maps(self.losses, "losses", self.teacher, self.students)
-        return self
+    @property
+    def settings(self) -> Any:
+        """The method's own section (``cfg.kd``, ``cfg.dpd``, ...), or None for a method without one."""
+        return getattr(self, self.method, None)
 
 
-# method name -> (module, class) of its config model; imported lazily so a method's heavy
-# dependencies (e.g. RLlib) load only when that method is used.
-METHOD_CONFIGS: dict[str, tuple[str, str]] = {
-    "kd": ("raykd.config", "DistillConfig"),
+# shared section -> (type, default when the method gives none)
+SECTION_TYPES: dict[str, tuple[Any, Callable[[], Any]]] = {
+    "data": (DataConfig, DataConfig),
+    "teacher": (TeacherConfig, lambda: TeacherConfig(name="cnn", args={"widths": [32, 64], "hidden": 128})),
+    "students": (list[ModelSpec], lambda: [ModelSpec(name="cnn", args={"widths": [8, 16], "hidden": 32})]),
+    "student": (ModelSpec, lambda: ModelSpec(name="cnn", args={"widths": [8, 16], "hidden": 32})),
+    "losses": (list[LossSpec], lambda: [LossSpec(name="kd", temperature=4.0), LossSpec(name="ce", weight=0.5)]),
+    "train": (TrainConfig, TrainConfig),
+    "engine": (EngineConfig, EngineConfig),
+    "sweep": (SweepConfig | None, lambda: None),
 }
+_CLASSES: dict[str, type[RunConfig]] = {}
 
 
-# method -> (section key, module, class) for methods whose settings live in one section model
-# defined next to the method (e.g. ``rl:`` validated by ``raykd.rl.settings.RLSettings``).
-METHOD_SECTIONS: dict[str, tuple[str, str, str]] = {
-    "dpd": ("rl", "raykd.rl.settings", "RLSettings"),
-    "dataset_distill": ("dataset_distill", "raykd.distill.dataset", "DatasetDistillSettings"),
-    "self_distill": ("self_distill", "raykd.distill.self_distill", "SelfDistillSettings"),
-    "dynabert": ("dynabert", "raykd.distill.dynabert", "DynaBertSettings"),
-}
-_SECTION_CLASSES: dict[str, type] = {}
-# section methods whose configs may carry a `sweep:` section (run by `raykd sweep`, see raykd.sweep.tune)
-SWEEPABLE_SECTIONS = ("dataset_distill",)
-
-
-def register_method_config(method: str, module: str, cls: str) -> None:
-    METHOD_CONFIGS[method] = (module, cls)
-
-
-def _section_class(method: str) -> type[BaseRunConfig]:
-    """A run config with the shared top-level fields plus the method's own section."""
-    from typing import Literal as _Literal
-
-    from pydantic import create_model
-
-    if method not in _SECTION_CLASSES:
-        section, mod, cls = METHOD_SECTIONS[method]
-        model = getattr(importlib.import_module(mod), cls)
-        fields = {section: (model, Field(default_factory=model))}
-        if method in SWEEPABLE_SECTIONS:
-            fields["sweep"] = (SweepConfig | None, None)
-        _SECTION_CLASSES[method] = create_model(
-            f"{cls}Run", __base__=BaseRunConfig, method=(_Literal[method], method), **fields)
-    return _SECTION_CLASSES[method]
-
-
-def _config_class(method: Any) -> type[BaseRunConfig]:
-    if isinstance(method, str) and method in METHOD_SECTIONS:
-        return _section_class(method)
-    if not isinstance(method, str) or method not in METHOD_CONFIGS:
-        known = list(METHOD_CONFIGS) + list(METHOD_SECTIONS)
-        close = difflib.get_close_matches(str(method), known, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
-        raise UserError(f"method: unknown method {method!r}; {hint}")
-    mod, cls = METHOD_CONFIGS[method]
-    return getattr(importlib.import_module(mod), cls)
+def config_class(method: str) -> type[RunConfig]:
+    """The config model of registered ``method``: the shared top level, the shared sections the method
+    reads (with its defaults) and its own section; anything else is an unknown field."""
+    m = METHODS.get(method, "method")
+    if method not in _CLASSES:
+        fields: dict[str, Any] = {"method": (Literal[method], method)}  # type: ignore[valid-type]
+        for section, default in m.sections.items():
+            typ, fallback = SECTION_TYPES[section]
+            extra = {"min_length": 1} if section in ("students", "losses") else {}
+            fields[section] = (typ, Field(default_factory=default or fallback, **extra))
+        if m.settings is not None:
+            fields[method] = (m.settings, Field(default_factory=m.settings))
+        validators = {}
+        if m.check is not None:
+            def _check(self, _check_fn=m.check):
+                _check_fn(self)
+                return self
+            validators["_method_check"] = model_validator(mode="after")(_check)
+        _CLASSES[method] = create_model(f"{method.title().replace('_', '')}Config", __base__=RunConfig,
+                                        __validators__=validators, **fields)
+    return _CLASSES[method]
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:
@@ -599,12 +435,27 @@ def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(getattr(cur, "model_fields", {}))
 
 
-def parse_config(raw: Any, source: str = "config") -> BaseRunConfig:
+def parse_config(raw: Any, source: str = "config", plugins: list[str] | None = None) -> RunConfig:
+    """Validate a config given as plain data. Its ``plugins`` (and ``plugins``, e.g. from ``--plugin``)
+    are imported first, so the names they register resolve."""
+    from raykd.plugins import load_plugins
+
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of fields at the top level, got {type(raw).__name__}")
-    cls = _config_class(raw.get("method", "kd"))
+    listed = raw.get("plugins") or []
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        raise UserError(f"{source}: plugins: expected a list of module names or .py files, got {listed!r}")
+    if plugins:
+        raw = {**raw, "plugins": list(dict.fromkeys([*listed, *plugins]))}
+    raw = {**raw, "plugins": load_plugins(raw.get("plugins") or [], base=Path(source).parent if Path(source).suffix else None)}
+    method = raw.get("method", "kd")
+    if not isinstance(method, str) or method not in METHODS:
+        raise UserError(f"{source}: method: {METHODS.unknown_message(str(method))}")
+    if method == "dpd" and "rl" in raw:
+        raise UserError(f"{source}: rl: this section is now named after its method: rename `rl:` to `dpd:`")
+    cls = config_class(method)
     try:
         return cls.model_validate(raw)
     except ValidationError as err:
@@ -699,7 +550,7 @@ def load_yaml(path: str | Path) -> dict:
     return raw if raw is not None else {}
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> BaseRunConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None, plugins: list[str] | None = None) -> RunConfig:
     """Read, override and validate a config file; raises :class:`UserError` on any bad input."""
     raw = apply_overrides(load_yaml(path), overrides)
-    return parse_config(raw, str(path))
+    return parse_config(raw, str(path), plugins)

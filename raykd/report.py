@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from raykd.results import read_results
-from raykd.sweep.metric import SIZE_COLUMNS, distillation_score, leaderboard, pareto_front
+from raykd.metrics import SIZE_COLUMNS, distillation_score, leaderboard, pareto_front
 
 TABLE_COLUMNS = ["method", "student", "params", "macs", "accuracy", "teacher_accuracy", "ds", "wall_time_s"]
 

@@ -34,19 +34,33 @@ from unittest import mock
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
-             logging_level: str = "WARNING", **init_kwargs) -> None:
+             logging_level: str = "WARNING", plugins: list[str] | None = None, **init_kwargs) -> None:
     """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), else start an isolated loopback-only
     local Ray with ``num_cpus`` CPUs (default: all). Does nothing when Ray is already initialised.
-    ``init_kwargs`` go to ``ray.init`` for a local start (e.g. ``object_store_memory``)."""
+
+    ``plugins`` (see :mod:`raykd.plugins`) are imported in every worker process of the job, on a local
+    Ray and on a cluster alike. ``init_kwargs`` go to ``ray.init`` for a local start (e.g.
+    ``object_store_memory``)."""
     import ray
 
+    from raykd.plugins import runtime_env
+
     if ray.is_initialized():
+        job_env = ray.get_runtime_context().runtime_env or {}
+        if plugins and job_env.get("worker_process_setup_hook") != "raykd.plugins.worker_hook":
+            print("[raykd] Ray was started before raykd: the plugins reach Ray Train workers (their own runtime env) "
+                  "but not other Ray workers; to reach all, start Ray with "
+                  "ray.init(runtime_env=raykd.plugins.runtime_env()) or let raykd start it", flush=True)
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        env = runtime_env(plugins, ship_modules=False)
+        ray.init(address=address, **({"runtime_env": env} if env else {}))
         return
+    env = runtime_env(plugins)
+    if env:
+        init_kwargs["runtime_env"] = env
     try:
         _start_local(num_cpus=num_cpus, dashboard=dashboard, logging_level=logging_level, **init_kwargs)
     except RuntimeError as e:  # the GCS port chosen beforehand was taken in the meantime: try another once

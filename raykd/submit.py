@@ -17,6 +17,7 @@ import asyncio
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,12 +50,42 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def runtime_env(extra_env: dict[str, str] | None = None) -> dict:
-    """The job's runtime_env: this repository as working_dir (the cluster already has raykd's dependencies)."""
+def runtime_env(extra_env: dict[str, str] | None = None, plugin_dirs: list[str] | None = None) -> dict:
+    """The job's runtime_env: this repository as working_dir (the cluster already has raykd's
+    dependencies), and the package of ``.py`` plugins as ``py_modules`` (see :func:`job_plugins`)."""
     env = {"working_dir": str(REPO), "excludes": EXCLUDES,
            "env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
     env["env_vars"].update(extra_env or {})
+    if plugin_dirs:
+        env["py_modules"] = list(plugin_dirs)
     return env
+
+
+JOB_PLUGINS = "raykd_job_plugins"  # the package a job's .py plugins are uploaded as
+
+
+def job_plugins(config: str, plugins: list[str], staging: Path) -> tuple[list[str], list[str]]:
+    """(plugin arguments for the job's command line, folders to upload as ``py_modules``). The job
+    server uploads folders, not single files: ``.py`` plugins (from ``--plugin`` or the config's
+    ``plugins:``) are copied into one package, ``raykd_job_plugins``, and named by module path there."""
+    import shutil
+
+    from raykd.config import load_yaml
+    from raykd.plugins import normalise
+
+    listed = load_yaml(config).get("plugins") or []
+    base = Path(config).resolve().parent
+    files = [normalise(p, base) for p in [*listed, *plugins] if isinstance(p, str) and p.endswith(".py")]
+    args = [p for p in plugins if not p.endswith(".py")]
+    if not files:
+        return args, []
+    package = staging / JOB_PLUGINS
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    for f in dict.fromkeys(files):
+        shutil.copy(f, package / Path(f).name)
+        args.append(f"{JOB_PLUGINS}.{Path(f).stem}")
+    return args, [str(package)]
 
 
 def repo_relative(config: str) -> str:
@@ -66,8 +97,8 @@ def repo_relative(config: str) -> str:
         raise UserError(f"{config}: the config must be inside the repository ({REPO}) so it is uploaded with the job") from None
 
 
-def entrypoint(command: str, config: str, overrides: list[str], output_dir: str | None) -> str:
-    args = [command, config] + [a for kv in overrides for a in ("--set", kv)]
+def entrypoint(command: str, config: str, overrides: list[str], output_dir: str | None, plugins: list[str] = ()) -> str:
+    args = [command, config] + [a for kv in overrides for a in ("--set", kv)] + [a for p in plugins for a in ("--plugin", p)]
     if output_dir:
         args += ["--output-dir", output_dir]
     return "python -m raykd.cli " + " ".join(shlex.quote(a) for a in args)
@@ -114,20 +145,19 @@ def exit_status(client, job_id: str) -> int:
 
 def submit(config: str, address: str, overrides: list[str] | None = None, command: str = "run",
            output_dir: str | None = None, wait: bool = True, extra_env: dict[str, str] | None = None,
-           submission_id: str | None = None) -> tuple[str, int]:
+           submission_id: str | None = None, plugins: list[str] | None = None) -> tuple[str, int]:
     """Validate ``config``, submit it as a job, optionally follow it; returns (submission id, exit status)."""
-    from raykd.config import load_config, load_yaml
+    from raykd.config import load_config
 
-    overrides = list(overrides or [])
-    if command == "run":
-        load_config(config, overrides)  # bad input fails here, with exit status 2, before any upload
-    else:
-        load_yaml(config)  # sweeps validate their search space on the cluster; still no code in YAML
+    overrides, plugins = list(overrides or []), list(plugins or [])
+    load_config(config, overrides, plugins)  # bad input fails here, with exit status 2, before any upload
     rel = repo_relative(config)
     client = make_client(address)
-    job_id = client.submit_job(entrypoint=entrypoint(command, rel, overrides, output_dir),
-                               runtime_env=runtime_env(extra_env), submission_id=submission_id,
-                               metadata={"raykd_config": rel})
+    with tempfile.TemporaryDirectory() as staging:  # uploaded by submit_job, not needed afterwards
+        plugin_args, plugin_dirs = job_plugins(config, plugins, Path(staging))
+        job_id = client.submit_job(entrypoint=entrypoint(command, rel, overrides, output_dir, plugin_args),
+                                   runtime_env=runtime_env(extra_env, plugin_dirs), submission_id=submission_id,
+                                   metadata={"raykd_config": rel})
     print(f"[raykd] submitted {rel} as job {job_id} to {address}", file=sys.stderr, flush=True)
     if not wait:
         return job_id, 0
@@ -148,7 +178,7 @@ def cmd_submit(args) -> int:
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address {address}: expected the job server's URL, e.g. http://127.0.0.1:8265")
     _, code = submit(args.config, address, args.set, command=args.sweep and "sweep" or "run",
-                     output_dir=args.output_dir, wait=not args.no_wait)
+                     output_dir=args.output_dir, wait=not args.no_wait, plugins=args.plugin)
     return code
 
 
@@ -158,6 +188,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="job server URL (default: $RAY_ADDRESS), e.g. http://127.0.0.1:8265")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--output-dir", default=None, help="override output_dir (use storage every node can reach)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="user code to import on the cluster (a .py file is uploaded with the job)")
     p.add_argument("--sweep", action="store_true", help="run `raykd sweep CONFIG` instead of `raykd run CONFIG`")
     p.add_argument("--no-wait", action="store_true", help="print the submission id and return without following the job")
     p.set_defaults(fn=cmd_submit)

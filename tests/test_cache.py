@@ -205,7 +205,7 @@ def test_a_truncated_dataset_cache_is_rebuilt(tmp_path, wheels_dir, monkeypatch)
 @pytest.mark.ray
 def test_two_train_workers_on_an_empty_cache(ray_session, tmp_path, wheels_dir, monkeypatch):
     """The demo's path: 2 Ray Train workers start on an empty RAYKD_HOME and both need MNIST."""
-    from raykd.distill.base import TaskSpec
+    from raykd.engine.task import TaskSpec
     from raykd.engine.trainer import fit
 
     home = tmp_path / "home"

@@ -104,7 +104,7 @@ def test_a_damaged_teacher_checkpoint_is_refused_by_raykd_check(tmp_path, capsys
 
 @pytest.mark.ray
 def test_resume_falls_back_to_the_newest_intact_checkpoint(ray_session, tmp_path, capfd):
-    from raykd.distill.base import TaskSpec
+    from raykd.engine.task import TaskSpec
     from raykd.engine.trainer import fit
 
     task = TaskSpec(dataset={"name": "mnist", "train_subset": 1000, "test_subset": 500},

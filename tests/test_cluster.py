@@ -135,7 +135,7 @@ def test_submit_rejects_bad_config_before_contacting_a_cluster(tmp_path, capsys)
 
 
 def test_job_entry_point_exits_with_raykd_status(tmp_path):
-    p = subprocess.run([sys.executable, str(REPO / "jobs" / "distill.py"), "--config", str(tmp_path / "missing.yaml")],
+    p = subprocess.run([sys.executable, str(REPO / "jobs" / "run.py"), "--config", str(tmp_path / "missing.yaml")],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2 and "no such config file" in p.stderr
 
@@ -144,7 +144,7 @@ def test_job_entry_point_exits_with_raykd_status(tmp_path):
 
 @pytest.fixture
 def cluster(monkeypatch):
-    from raykd.cluster import LocalCluster
+    from raykd.testing.cluster import LocalCluster
 
     with LocalCluster() as c:
         for k, v in c.auth_env().items():
@@ -153,15 +153,37 @@ def cluster(monkeypatch):
         yield c
 
 
+PLUGIN_LOSS = """
+import torch.nn.functional as F
+
+import raykd
+
+
+@raykd.register_loss("cluster_user_kd")
+def cluster_user_kd(student_out, teacher_out, batch, temperature: float = 4.0):
+    t = temperature
+    return F.kl_div(F.log_softmax(student_out["logits"] / t, -1), F.log_softmax(teacher_out["logits"].float() / t, -1),
+                    log_target=True, reduction="batchmean") * t * t + F.cross_entropy(student_out["logits"], batch["label"])
+"""
+
+
 def test_distillation_job_runs_on_both_nodes(cluster, tmp_path):
+    """`raykd submit` with a loss from a user file outside the repository: the file travels with the
+    job and the Train workers on both nodes import it."""
+    from raykd.results import read_results
     from raykd.submit import submit
 
     assert requests.get(f"{cluster.dashboard_url}/api/jobs/", timeout=10).status_code == 401  # token required
     out = tmp_path / "out"
-    job_id, rc = submit(str(REPO / "configs" / "mnist_kd.yaml"), cluster.dashboard_url, SMALL_KD,
-                        output_dir=str(out))
+    plugin = tmp_path / "user_code" / "cluster_losses.py"
+    plugin.parent.mkdir()
+    plugin.write_text(PLUGIN_LOSS)
+    job_id, rc = submit(str(REPO / "configs" / "mnist_kd.yaml"), cluster.dashboard_url,
+                        SMALL_KD + ["losses=[{name: cluster_user_kd}]"], output_dir=str(out), plugins=[str(plugin)])
     assert rc == 0, cluster.root
-    assert (out / "results.csv").exists()
+    df = read_results(out)
+    students = df[df["method"] == "kd"]
+    assert len(students) == 1 and all(json.loads(e)["losses"][0]["name"] == "cluster_user_kd" for e in students["extra"])
     workers = cluster.actors("RayTrainWorker")
     nodes = {a["node_id"] for a in workers}
     assert {cluster.node_id("head"), cluster.node_id("b")} <= nodes
@@ -182,7 +204,7 @@ def test_sweep_job_runs_on_both_nodes(cluster, tmp_path):
     job_id, rc = submit(str(REPO / "configs" / "mnist_sweep.yaml"), cluster.dashboard_url, sets,
                         command="sweep", output_dir=str(out))
     assert rc == 0, cluster.root
-    sweep_id = json.loads((out / "sweep.json").read_text())["sweep_id"]
+    sweep_id = yaml.safe_load((out / "config.yaml").read_text())["run_id"]
     df = read_results(out)
     trials = df[df["run_id"].str.startswith(f"{sweep_id}/")]
     # one row per grid point (the quality of such tiny 1-epoch students is tested elsewhere)
@@ -266,9 +288,27 @@ def _checkpoint_epochs(storage: Path) -> list[int]:
     return sorted(json.loads(p.read_text())["epoch"] for p in storage.glob("**/checkpoint_*/state.json"))
 
 
+def _progress_task():
+    """A ClassifyTask that appends ``rank epoch pid`` to ``extra["progress_dir"]/progress.log`` at each
+    epoch start, so the test finds a worker's pid and sees which epochs ran after a restart. The class
+    travels to the workers by value (this test module is not importable there)."""
+    import cloudpickle
+
+    from raykd.engine.task import ClassifyTask
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    class ProgressTask(ClassifyTask):
+        def on_epoch_start(self, epoch: int, rank: int) -> None:
+            with open(Path(self.spec.extra["progress_dir"]) / "progress.log", "a") as f:
+                f.write(f"{rank} {epoch} {os.getpid()}\n")
+
+    return ProgressTask
+
+
 @pytest.mark.slow
 def test_train_worker_killed_resumes_from_last_checkpoint(ray_session, tmp_path):
-    from raykd.distill.base import TaskSpec
+    from raykd.engine.task import TaskSpec
     from raykd.engine.trainer import fit
 
     progress, storage = tmp_path / "progress", tmp_path / "ray"
@@ -277,7 +317,8 @@ def test_train_worker_killed_resumes_from_last_checkpoint(ray_session, tmp_path)
     task = TaskSpec(dataset={"name": "mnist", "train_subset": 4000, "test_subset": 300},
                     student={"name": "cnn", "args": {"widths": [8, 16], "hidden": 32}},
                     losses=[{"name": "ce", "weight": 1.0}],
-                    train={"epochs": epochs, "batch_size": 32, "lr": 3e-3, "seed": 0})
+                    train={"epochs": epochs, "batch_size": 32, "lr": 3e-3, "seed": 0},
+                    kind=_progress_task(), extra={"progress_dir": str(progress)})
     killed: dict = {}
 
     def registered_epoch() -> int:
@@ -304,8 +345,7 @@ def test_train_worker_killed_resumes_from_last_checkpoint(ray_session, tmp_path)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    result = fit(task, {"num_workers": 2, "max_failures": 2, "cpus_per_worker": 1}, "kill_worker", storage,
-                 extra_config={"progress_dir": str(progress)})
+    result = fit(task, {"num_workers": 2, "max_failures": 2, "cpus_per_worker": 1}, "kill_worker", storage)
     t.join(timeout=5)
     assert "pid" in killed, "the worker was never killed"
     assert result.metrics["epoch"] == epochs

@@ -64,14 +64,12 @@ def test_bad_loss_parameter_through_set(tmp_path, capsys):
 
 
 def test_bad_loss_entry_in_dynabert_sections(tmp_path, capsys):
-    err = check(tmp_path, "method: dynabert\ndynabert: {loss: ckd, ckd_losses: [{name: wr_pair, form: cosine_kll}]}\n",
-                capsys=capsys)
-    assert "dynabert.ckd_losses.0.form" in err
-    err = check(tmp_path, "method: dynabert\ndynabert: {dynabert_losses: [{name: kd, temprature: 1}]}\n", capsys=capsys)
-    assert "dynabert.dynabert_losses.0.temprature: unknown parameter of loss 'kd'; did you mean 'temperature'?" in err
-    err = check(tmp_path, "method: dynabert\ndynabert: {dynabert_losses: [{name: hidden_mse, layer_map: [[0, 0]]}]}\n",
-                capsys=capsys)
-    assert "dynabert.dynabert_losses.0.layer_map" in err and "remove it" in err
+    err = check(tmp_path, "method: dynabert\nlosses: [{name: wr_pair, form: cosine_kll}]\n", capsys=capsys)
+    assert "losses.0.form" in err
+    err = check(tmp_path, "method: dynabert\nlosses: [{name: kd, temprature: 1}]\n", capsys=capsys)
+    assert "losses.0.temprature: unknown parameter of loss 'kd'; did you mean 'temperature'?" in err
+    err = check(tmp_path, "method: dynabert\nlosses: [{name: hidden_mse, layer_map: [[0, 0]]}]\n", capsys=capsys)
+    assert "losses.0.layer_map" in err and "remove it" in err
 
 
 def test_runtime_loss_construction_uses_the_same_parameter_models():
@@ -169,8 +167,8 @@ def test_user_loss_with_valid_parameters_runs(tmp_path):
     ("method: self_distill\nself_distill: {generations: true}\n", "self_distill.generations: expected a number"),
     ("method: self_distill\nself_distill: {sd_temperature: .inf}\n", "self_distill.sd_temperature"),
     ("method: dynabert\ndynabert: {widths: [0.5, true]}\n", "dynabert.widths: expected a number"),
-    ("method: dpd\nrl: {alpha: .nan}\n", "rl.alpha: Input should be a finite number"),
-    ("method: dpd\nrl: {seeds: [0, true]}\n", "rl.seeds: expected a number"),
+    ("method: dpd\ndpd: {alpha: .nan}\n", "dpd.alpha: Input should be a finite number"),
+    ("method: dpd\ndpd: {seeds: [0, true]}\n", "dpd.seeds: expected a number"),
 ])
 def test_non_finite_numbers_and_booleans_are_refused(tmp_path, capsys, text, needle):
     assert needle in check(tmp_path, text, capsys=capsys)
@@ -178,9 +176,9 @@ def test_non_finite_numbers_and_booleans_are_refused(tmp_path, capsys, text, nee
 
 def test_booleans_stay_booleans(tmp_path):
     p = tmp_path / "cfg.yaml"
-    p.write_text("method: kd\nallow_larger_student: true\nengine: {use_gpu: false, teacher_cache: true}\n")
+    p.write_text("method: kd\nkd: {allow_larger_student: true}\nengine: {use_gpu: false, teacher_cache: true}\n")
     cfg = load_config(p)
-    assert cfg.allow_larger_student is True and cfg.engine.use_gpu is False
+    assert cfg.kd.allow_larger_student is True and cfg.engine.use_gpu is False
 
 
 # ---- layer maps against the depths the config states -----------------------------------------
@@ -217,12 +215,12 @@ def test_layer_map_in_range_is_accepted(tmp_path):
     ("method: kd\nstudents: [{name: cnn, args: {hidden: lots}}]\n", ["students.0.args.hidden", "valid integer"]),
     ("method: kd\nstudents: [{name: cnn, args: {num_classes: 3}}]\n", ["students.0.args.num_classes", "remove it"]),
     (f"method: kd\n{BERTS.replace('num_heads: 2', 'num_heads: 3')}", ["students.0.args", "not divisible"]),
-    ("method: self_distill\nself_distill: {model: {name: cnn, args: {widthz: [4]}}}\n",
-     ["self_distill.model.args.widthz", "did you mean 'widths'"]),
-    ("method: dataset_distill\ndataset_distill: {model: cnn, model_args: {widthz: [4]}}\n",
-     ["dataset_distill.model_args.widthz", "did you mean 'widths'"]),
-    ("method: dynabert\ndynabert: {teacher: {name: bert, args: {num_layer: 4}}}\n",
-     ["dynabert.teacher.args.num_layer", "did you mean 'num_layers'"]),
+    ("method: self_distill\nstudent: {name: cnn, args: {widthz: [4]}}\n",
+     ["student.args.widthz", "did you mean 'widths'"]),
+    ("method: dataset_distill\nstudent: {name: cnn, args: {widthz: [4]}}\n",
+     ["student.args.widthz", "did you mean 'widths'"]),
+    ("method: dynabert\nteacher: {name: bert, args: {num_layer: 4}}\n",
+     ["teacher.args.num_layer", "did you mean 'num_layers'"]),
 ])
 def test_bad_model_arguments(tmp_path, capsys, text, needles):
     err = check(tmp_path, text, capsys=capsys)
@@ -288,9 +286,9 @@ def test_missing_pretrained_path(tmp_path, capsys):
 
 @pytest.mark.parametrize("text, needle", [
     ("method: kd\ndata: {name: user}\n", "data.path"),
-    ("method: self_distill\nself_distill: {data: {name: user}}\n", "data.path"),
-    ("method: dynabert\ndynabert: {data: {name: user}}\n", "data.path"),
-    ("method: dataset_distill\ndataset_distill: {dataset: user}\n", "dataset_distill.dataset"),
+    ("method: self_distill\ndata: {name: user}\n", "data.path"),
+    ("method: dynabert\ndata: {name: user}\n", "data.path"),
+    ("method: dataset_distill\ndata: {name: user}\n", "data.path"),
 ])
 def test_user_dataset_without_path(tmp_path, capsys, text, needle):
     assert needle in check(tmp_path, text, capsys=capsys)

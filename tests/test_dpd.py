@@ -1,9 +1,13 @@
-"""Dual Policy Distillation on RLlib: weight sign/clipping, weight 0 == PPO, a real MuJoCo run, checkpoints."""
+"""Dual Policy Distillation on RLlib: weight sign/clipping, weight 0 == PPO, a real MuJoCo run, checkpoints,
+settings that do not apply refused, TensorBoard events, resume after a killed driver."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +24,16 @@ from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
 from ray.rllib.core.models.base import ENCODER_OUT
 from ray.rllib.utils.replay_buffers.multi_agent_episode_buffer import MultiAgentEpisodeReplayBuffer
 
+from driver_kill import kill_driver_then_rerun
 from raykd.rl.dpd import DPDConfig, DPDSACConfig, disadvantage_weights, gaussian_mean, squashed_action
 from raykd.rl.env import PeerEnv
-from raykd.rl.runner import build_config, run
-from raykd.rl.settings import RLSettings
+from raykd.config import parse_config
+from raykd.errors import UserError
+from raykd.results import read_results
+from raykd.rl.runner import RunPaths, build_config, checkpoints_of, train_one
+from raykd.rl.settings import DPDSettings
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = dict(env="InvertedPendulum-v5", train_batch_size=256, minibatch_size=64, num_epochs=2, hidden=[16, 16])
 
@@ -40,13 +50,13 @@ def test_weight_favours_states_where_peer_value_is_higher_and_is_clipped():
 
 
 def test_settings_reject_unknown_fields_and_envs():
-    assert RLSettings().modes == ["dpd", "independent", "single"]
+    assert DPDSettings().modes == ["dpd", "independent", "single"]
     with pytest.raises(ValueError, match="distill_wieght"):
-        RLSettings(distill_wieght=1.0)
+        DPDSettings(distill_wieght=1.0)
     with pytest.raises(ValueError, match="unknown gymnasium environment"):
-        RLSettings(env="HalfCheeta-v5")
+        DPDSettings(env="HalfCheeta-v5")
     with pytest.raises(ValueError, match="minibatch_size"):
-        RLSettings(train_batch_size=64, minibatch_size=128)
+        DPDSettings(train_batch_size=64, minibatch_size=128)
 
 
 def _learner(config: DPDConfig):
@@ -55,7 +65,7 @@ def _learner(config: DPDConfig):
 
 def test_learner_distils_from_peer_with_weight_from_the_peer_value_gap():
     """In the learner itself, xi = V_peer - V_own: a peer valued higher gets the (clipped) large weight."""
-    cfg = build_config(RLSettings(**TINY, alpha=1.0, xi_clip=5.0, weight_clip=10.0), "dpd", seed=0)
+    cfg = build_config(DPDSettings(**TINY, alpha=1.0, xi_clip=5.0, weight_clip=10.0), "dpd", seed=0)
     learner = _learner(cfg)
     m0, m1 = learner.module["learner_0"], learner.module["learner_1"]
     states = torch.randn(32, 4)
@@ -100,7 +110,7 @@ def _updates_from_one_init(cfg, baseline_class, update, episodes):
 
 def test_zero_distillation_weight_gives_exactly_the_independent_ppo_update():
     """With weight 0, one DPD update of both peers equals RLlib's own PPO learner on the same batch."""
-    cfg = build_config(RLSettings(**TINY), "dpd", seed=0)
+    cfg = build_config(DPDSettings(**TINY), "dpd", seed=0)
     episodes = MultiAgentEnvRunner(config=cfg).sample(num_timesteps=512, random_actions=False)
 
     after_dpd0, after_ppo, after_dpd1 = _updates_from_one_init(cfg, PPOTorchLearner, _update, episodes)
@@ -119,7 +129,7 @@ def _peer_action_gap(algo: Algorithm, states: torch.Tensor) -> float:
 @pytest.mark.ray
 def test_short_halfcheetah_run_distillation_loss_decreases(ray_session):
     """6 iterations of DPD-PPO on HalfCheetah-v5: J falls, and the peers end closer than independent peers."""
-    settings = RLSettings(env="HalfCheetah-v5", train_batch_size=1000, minibatch_size=125, num_epochs=5,
+    settings = DPDSettings(env="HalfCheetah-v5", train_batch_size=1000, minibatch_size=125, num_epochs=5,
                           distill_weight=1.0, distill_batch=128)
     states = torch.tensor(np.random.default_rng(0).normal(0, 0.5, size=(512, 17)), dtype=torch.float32)
     gaps, losses = {}, []
@@ -137,31 +147,94 @@ def test_short_halfcheetah_run_distillation_loss_decreases(ray_session):
     assert gaps["dpd"] < gaps["independent"], gaps
 
 
+def _paths(root: Path, name: str = "dpd-seed0") -> RunPaths:
+    return RunPaths(checkpoints=root / "checkpoints" / name, curve=root / "curves" / f"{name}.csv",
+                    tensorboard=root / "tensorboard" / name)
+
+
+def read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar in the TensorBoard event files under ``logdir`` (TFRecord framing: length, CRC, event,
+    CRC), as tag -> step -> value; a purged step (a resumed run) keeps the newest value."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, dict[int, float]] = {}
+    for f in sorted(logdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        data, pos = f.read_bytes(), 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                scalars.setdefault(v.tag, {})[event.step] = v.simple_value
+    return scalars
+
+
 @pytest.mark.ray
 def test_checkpoint_restores_and_training_continues(ray_session, tmp_path):
-    settings = RLSettings(**TINY, modes=["dpd"], seeds=[0], steps_per_learner=300, distill_weight=0.5)
-    first = run(settings, tmp_path)
-    ckpt = json.loads(first["extra"][0])["checkpoint"]
-    restored = Algorithm.from_checkpoint(ckpt)
+    """A run started again on the same paths resumes from its newest checkpoint: iterations go on from
+    there (with a larger budget it trains further; with the same one it trains no more), only the
+    newest checkpoints are kept, and every iteration's metrics are in TensorBoard."""
+    settings = DPDSettings(**TINY, modes=["dpd"], seeds=[0], steps_per_learner=300, distill_weight=0.5, checkpoint_every=1)
+    paths = _paths(tmp_path)
+    _, first = train_one(settings, "dpd", 0, paths, label="first")
+    restored = Algorithm.from_checkpoint(first["checkpoint"])
     assert isinstance(restored.config, DPDConfig) and restored.config.distill_weight == 0.5
     saved_iter = restored.iteration
+    assert [p.name for p in checkpoints_of(paths.checkpoints)] == [f"iteration-{saved_iter:06d}", f"iteration-{saved_iter - 1:06d}"]
     saved = {k: v.clone() for k, v in restored.get_module("learner_0").state_dict().items()}
     restored.stop()
+    tb = read_scalars(paths.tensorboard)
+    assert sorted(tb["learners/learner_0/dpd_distill_loss"]) == list(range(1, saved_iter + 1))
 
     longer = settings.model_copy(update={"steps_per_learner": 900})
-    rows = run(longer, tmp_path, resume=str(tmp_path))
-    curve = pd.read_csv(tmp_path / "curves" / "dpd-s0.csv")
+    curve, second = train_one(longer, "dpd", 0, paths, label="second")
     iters = curve.groupby("iteration")["steps"].min()
     assert list(iters.index) == list(range(1, len(iters) + 1))  # iterations continue, no restart at 1
     assert iters.index.max() > saved_iter and iters.is_monotonic_increasing and iters.iloc[-1] >= 900
-    assert json.loads(rows["extra"][0])["steps_per_learner"] >= 900
+    assert second["steps_per_learner"] >= 900 and pd.read_csv(paths.curve).equals(curve)
+    assert sorted(read_scalars(paths.tensorboard)["learners/learner_1/dpd_distill_loss"]) == list(iters.index)
 
-    cont = Algorithm.from_checkpoint(ckpt)
+    cont = Algorithm.from_checkpoint(second["checkpoint"])
     assert cont.iteration == iters.index.max()
     now = cont.get_module("learner_0").state_dict()
     assert any(not torch.equal(now[k], saved[k]) for k in saved)  # training went on from the restored weights
     cont.stop()
-    assert (tmp_path / "curves.png").exists() and (tmp_path / "results.csv").exists()
+    again, third = train_one(longer, "dpd", 0, paths, label="third")  # finished: restored, not trained further
+    assert again["iteration"].max() == iters.index.max() and third["final_return"] == second["final_return"]
+
+
+def _raw(dpd: dict, **top) -> dict:
+    return {"method": "dpd", **top, "dpd": {"env": "InvertedPendulum-v5", **dpd}}
+
+
+@pytest.mark.parametrize("dpd,top,message", [
+    ({"algorithm": "sac", "lr": 1e-3}, {}, "dpd.lr: applies only with algorithm: ppo; SAC has one learning rate per optimizer"),
+    ({"algorithm": "sac", "num_epochs": 3}, {}, "dpd.num_epochs: applies only with algorithm: ppo"),
+    ({"algorithm": "sac", "minibatch_size": 32}, {}, "dpd.minibatch_size: applies only with algorithm: ppo"),
+    ({"learning_starts": 10}, {}, "dpd.learning_starts: applies only with algorithm: sac"),
+    ({"actor_lr": 1e-3}, {}, "dpd.actor_lr: applies only with algorithm: sac"),
+    ({"modes": ["independent", "single"], "distill_weight": 2.0}, {}, "dpd.distill_weight: applies only with a `dpd` mode"),
+    ({"modes": ["dpd"], "single_budget": "per_learner"}, {}, "dpd.single_budget: applies only with a `single` mode"),
+    ({"evaluation_episodes": 3}, {}, "dpd.evaluation_episodes: applies only with evaluation_interval > 0"),
+    ({"env": "CartPole-v1"}, {}, "dpd.env: CartPole-v1 has discrete actions"),
+    ({}, {"seed": 1}, "seed: dpd runs every seed in dpd.seeds"),
+    ({}, {"train": {"epochs": 1}}, "train: unknown field"),
+])
+def test_settings_that_do_not_apply_are_refused(dpd, top, message):
+    with pytest.raises(UserError, match="^config: " + re.escape(message)):
+        parse_config(_raw(dpd, **top))
+
+
+def test_settings_of_the_chosen_algorithm_are_accepted_and_the_configs_validate():
+    sac = parse_config(_raw({"algorithm": "sac", "actor_lr": 1e-3, "training_intensity": 8, "modes": ["single"]}))
+    assert sac.dpd.actor_lr == 1e-3 and sac.dpd.train_batch_size == 256
+    ppo = parse_config(_raw({"lr": 1e-3, "num_epochs": 3, "evaluation_interval": 2, "evaluation_episodes": 3}))
+    assert ppo.dpd.lr == 1e-3 and ppo.dpd.train_batch_size == 2048
+    from raykd.config import load_config
+
+    for path in sorted((REPO / "configs").glob("dpd_*.yaml")):
+        cfg = load_config(path)
+        assert cfg.method == "dpd" and cfg.ray.dashboard is False, path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +256,7 @@ def _set_critic_bias(module, bias: float) -> None:
 def test_sac_learner_weights_peer_states_by_the_critic_value_gap():
     """DPD-SAC: xi(s) = min_k Q~_k(s, mu~(s)) - min_k Q_k(s, mu(s)); the learner whose peer's critic is
     higher gets the large (clipped) weight, D is between the deterministic squashed actions."""
-    cfg = build_config(RLSettings(**SAC_TINY, alpha=1.0, xi_clip=5.0, weight_clip=10.0), "dpd", seed=0)
+    cfg = build_config(DPDSettings(**SAC_TINY, alpha=1.0, xi_clip=5.0, weight_clip=10.0), "dpd", seed=0)
     assert isinstance(cfg, DPDSACConfig)
     learner = _learner(cfg)
     m0, m1 = learner.module["learner_0"], learner.module["learner_1"]
@@ -217,7 +290,7 @@ def _sac_update(learner, episodes, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_sac_zero_distillation_weight_gives_exactly_the_independent_sac_update():
-    cfg = build_config(RLSettings(**SAC_TINY), "dpd", seed=0)
+    cfg = build_config(DPDSettings(**SAC_TINY), "dpd", seed=0)
     buffer = MultiAgentEpisodeReplayBuffer(capacity=10_000)
     buffer.add(MultiAgentEnvRunner(config=cfg).sample(num_timesteps=512, random_actions=True))
     episodes = buffer.sample(num_items=64, n_step=1, gamma=0.99, sample_episodes=True)
@@ -229,23 +302,36 @@ def test_sac_zero_distillation_weight_gives_exactly_the_independent_sac_update()
 
 @pytest.mark.ray
 def test_short_sac_run_distillation_loss_decreases_and_checkpoint_restores(ray_session, tmp_path, monkeypatch):
-    """DPD-SAC on InvertedPendulum-v5 through the runner: J falls as the peers learn from each other,
-    the run writes curves and a row, and its RLlib checkpoint restores as a DPD-SAC algorithm. The
-    output directory is given relative, as configs do (RLlib's checkpointing needs it made absolute)."""
-    settings = RLSettings(**{**SAC_TINY, "train_batch_size": 128, "learning_starts": 200}, modes=["dpd"],
-                          seeds=[0], steps_per_learner=1200, training_intensity=32, distill_batch=128)
+    """DPD-SAC on InvertedPendulum-v5 through the method (raykd.api.run): J falls as the peers learn from
+    each other, the run writes curves, TensorBoard events and one row, and its RLlib checkpoint restores
+    as a DPD-SAC algorithm; run again, it trains nothing. The output directory is given relative, as
+    configs do (RLlib's checkpointing needs it made absolute)."""
+    import raykd
+
+    settings = {**SAC_TINY, "train_batch_size": 128, "learning_starts": 200, "modes": ["dpd"], "seeds": [0],
+                "steps_per_learner": 1200, "training_intensity": 32, "distill_batch": 128}
     monkeypatch.chdir(tmp_path)
-    rows = run(settings, Path("runs") / "sac")
-    tmp_path = tmp_path / "runs" / "sac"
-    assert rows["method"].tolist() == ["dpd-sac"]
-    curve = pd.read_csv(tmp_path / "curves" / "dpd-s0.csv")
+    config = {"name": "sac", "method": "dpd", "output_dir": "runs/sac", "dpd": settings}
+    result = raykd.run(config)
+    rows, out = result.table, tmp_path / "runs" / "sac"
+    assert rows["method"].tolist() == ["dpd-sac"] and rows["item"].tolist() == ["dpd-seed0"]
+    extra = json.loads(rows["extra"][0])
+    curve = pd.read_csv(extra["curve"])
     j = curve.dropna(subset=["distill_loss"]).groupby("iteration")["distill_loss"].mean()
     assert len(j) >= 4 and np.isfinite(j).all()
     assert j.iloc[-2:].mean() < 0.8 * j.iloc[:2].mean(), j.tolist()
-    restored = Algorithm.from_checkpoint(json.loads(rows["extra"][0])["checkpoint"])
+    name = f"{result.run_id}-dpd-seed0"
+    assert Path(extra["checkpoint"]).parent == out / "checkpoints" / name
+    tb = read_scalars(out / "tensorboard" / name)
+    assert sorted(tb["learners/learner_0/dpd_distill_loss"]) == sorted(j.index)
+    assert (out / "curves.png").exists() and (out / "curves_summary.csv").exists()
+    restored = Algorithm.from_checkpoint(extra["checkpoint"])
     assert isinstance(restored.config, DPDSACConfig) and restored.config.distill_weight == 1.0
     restored.train()  # continues from the restored state
     restored.stop()
+    again = raykd.run(config)  # the same run: its one item is done, nothing is trained
+    assert again.run_id == result.run_id and again.table["item"].tolist() == ["dpd-seed0"]
+    assert again.table["time"].tolist() == rows["time"].tolist()
 
 
 def _learner_copies(algo, module_id: str) -> list[dict[str, np.ndarray]]:
@@ -264,11 +350,11 @@ def test_two_learner_actors_stay_in_sync_and_distil(ray_session, algorithm, mode
     of the 2-learner PPO runs tried here (in "independent" mode too), so this check can catch that
     race only by chance; with the learners' explicit averaging it held in every run."""
     if algorithm == "ppo":
-        settings = RLSettings(env="HalfCheetah-v5", train_batch_size=500, minibatch_size=125, num_epochs=3,
+        settings = DPDSettings(env="HalfCheetah-v5", train_batch_size=500, minibatch_size=125, num_epochs=3,
                               distill_batch=128, num_learners=2)
         iterations = 5
     else:
-        settings = RLSettings(**{**SAC_TINY, "train_batch_size": 128, "learning_starts": 200}, training_intensity=32,
+        settings = DPDSettings(**{**SAC_TINY, "train_batch_size": 128, "learning_starts": 200}, training_intensity=32,
                               rollout_fragment_length=16, distill_batch=128, num_learners=2)
         iterations = 6
     algo = build_config(settings, mode, seed=0).build_algo()
@@ -287,3 +373,28 @@ def test_two_learner_actors_stay_in_sync_and_distil(ray_session, algorithm, mode
     assert any(not np.array_equal(peers[0][k], peers[1][k]) for k in peers[0])  # two distinct peers
     if mode == "dpd":
         assert len(losses) >= 3 and np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_rerun_after_killed_driver_resumes_every_item_exactly_once(tmp_path):
+    """``raykd run configs/dpd_smoke.yaml``, its driver SIGKILLed once the first item has its row and the
+    next one a checkpoint; the same command again skips the finished item, resumes the interrupted one
+    from its checkpoint (its curve's iterations go on, not from 1) and ends with every item once."""
+    out = tmp_path / "out"
+    cmd = [str(REPO / ".venv" / "bin" / "raykd"), "run", str(REPO / "configs" / "dpd_smoke.yaml"),
+           "--set", f"output_dir={out}"]
+    env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "1", "OMP_NUM_THREADS": "1"}
+    def ready() -> bool:  # the first item has its row and the next one a checkpoint
+        rows = read_results(out) if (out / "results.parquet").exists() else pd.DataFrame()
+        return len(rows) == 1 and bool(list((out / "checkpoints").glob("*-independent-seed0/iteration-*")))
+
+    rerun = kill_driver_then_rerun(cmd, tmp_path, env, ready)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "dpd-seed0: done in an earlier attempt" in rerun.stdout
+    assert "[independent-seed0] resumed from" in rerun.stdout
+    df = read_results(out)
+    assert sorted(df["item"]) == ["dpd-seed0", "independent-seed0", "single-seed0"] and df["run_id"].nunique() == 1
+    curve = pd.read_csv(json.loads(df.set_index("item").loc["independent-seed0", "extra"])["curve"])
+    iters = curve.groupby("iteration")["steps"].min()
+    assert list(iters.index) == list(range(1, len(iters) + 1)) and iters.is_monotonic_increasing
+    assert iters.iloc[-1] >= 6000 and (out / "curves.png").exists() and (out / "leaderboard.csv").exists()

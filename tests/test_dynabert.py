@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 import torch
-from pydantic import ValidationError
 
 from raykd import models as M
+from raykd.config import parse_config
 from raykd.distill import dynabert as DB
+from raykd.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _net(seed: int = 0, layers: int = 4) -> torch.nn.Module:
@@ -30,6 +41,11 @@ def test_kept_layers_follow_the_paper_rule():
     assert DB.kept_layers(6, 0.5) == [0, 2, 4]
     assert DB.kept_layers(6, 1.0) == list(range(6))
     assert DB.depth_layer_map(6, 0.5) == [(0, 0), (1, 1), (3, 2), (5, 3)]
+
+
+def test_items_name_width_depth_and_seed_when_there_are_several():
+    assert DB.subnet_item(0.5, 1.0, 0, [0]) == "width0.5-depth1"
+    assert DB.subnet_item(0.25, 0.75, 1, [0, 1]) == "width0.25-depth0.75-seed1"
 
 
 def test_full_subnetwork_is_the_hf_model():
@@ -102,14 +118,26 @@ def test_subnetwork_params_count_only_kept_weights():
 
 
 def test_settings_defaults_and_errors():
-    s = DB.DynaBertSettings()
-    assert s.widths == [0.25, 0.5, 0.75, 1.0] and s.depths == [0.5, 0.75, 1.0] and s.teacher.name == "minilm-l6"
-    assert [l["name"] for l in DB.DynaBertSettings(loss="ckd").losses] == ["kd", "wr_pair", "wr_triple", "ltr_pair", "ltr_triple"]
-    for bad in ({"widths": [0.5]}, {"depths": [0.5, 1.5]}, {"loss": "tinybert"}, {"widht": [1.0]},
-                {"data": {"name": "mnist"}}, {"teacher": {"name": "cnn"}},
-                {"loss": "ckd", "teacher": {"name": "bert", "args": {"num_layers": 2}}}):  # ltr_triple needs 3 layers
-        with pytest.raises(ValidationError):
-            DB.DynaBertSettings.model_validate(bad)
+    cfg = parse_config({"method": "dynabert"})
+    assert cfg.dynabert.widths == [0.25, 0.5, 0.75, 1.0] and cfg.dynabert.depths == [0.5, 0.75, 1.0]
+    assert cfg.teacher.name == "minilm-l6" and cfg.data.name == "movie_reviews"
+    assert [l.name for l in cfg.losses] == ["kd", "hidden_mse"] and DB.objective(cfg.losses) == "dynabert"
+    ckd = parse_config({"method": "dynabert", "losses": [{"name": "kd", "temperature": 4.0}, {"name": "wr_pair"},
+                                                         {"name": "ltr_triple"}]})
+    assert DB.objective(ckd.losses) == "ckd"
+    tiny = {"name": "bert", "args": {"num_layers": 2}}
+    for bad, where in (({"dynabert": {"widths": [0.5]}}, "dynabert.widths"),
+                       ({"dynabert": {"depths": [0.5, 1.5]}}, "dynabert.depths"),
+                       ({"dynabert": {"loss": "ckd"}}, "dynabert.loss: unknown field"),  # the objective is losses:
+                       ({"dynabert": {"widht": [1.0]}}, "did you mean 'widths'"),
+                       ({"dynabert": {"seeds": [0, 0]}}, "dynabert.seeds"),
+                       ({"data": {"name": "mnist"}}, "data.name"), ({"teacher": {"name": "cnn"}}, "teacher.name"),
+                       ({"train": {"seed": 3}}, "train.seed"), ({"students": [tiny]}, "students"),
+                       ({"losses": [{"name": "attention_kl"}]}, "losses.0.name"),
+                       ({"losses": [{"name": "hidden_mse", "layer_map": [[0, 0]]}]}, "losses.0.layer_map"),
+                       ({"teacher": tiny, "losses": [{"name": "ltr_triple"}]}, "losses.0")):  # needs 3 layers
+        with pytest.raises(UserError, match=re.escape(where)):
+            parse_config({"method": "dynabert", **bad})
 
 
 def test_subnet_loss_uses_each_depths_layer_map():
@@ -126,25 +154,27 @@ def t_params(df) -> float:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_dynabert_end_to_end_trains_every_subnetwork(ray_session, tmp_path):
+def test_dynabert_end_to_end_trains_every_subnetwork(ray_session, tmp_path, monkeypatch):
     """A tiny BERT teacher, rewired and trained width/depth-adaptively on Ray Train: every
     sub-network beats chance, the smallest one moves closer to the teacher than its untrained
     (rewired) version, and the saved sub-network reloads with AutoModelForSequenceClassification to
     the accuracy recorded in the results table."""
     from transformers import AutoModelForSequenceClassification
 
-    from raykd.distill.base import ClassifyMethod, TaskSpec
     from raykd.engine.checkpoint import load_weights
+    from raykd.engine.task import ClassifyTask, TaskSpec
+    from raykd.lifecycle import execute
 
-    settings = DB.DynaBertSettings.model_validate({
+    cfg = parse_config({
+        "method": "dynabert", "output_dir": str(tmp_path),
         "data": {"name": "movie_reviews", "max_length": 24, "train_subset": 1500, "test_subset": 500},
         "teacher": {"name": "bert", "args": {"num_layers": 2, "hidden_size": 64, "num_heads": 4, "intermediate_size": 128},
                     "train": {"epochs": 3, "batch_size": 64, "lr": 2e-3, "seed": 0}},
-        "widths": [0.5, 1.0], "depths": [0.5, 1.0], "importance_batches": 4,
-        "train": {"epochs": 2, "batch_size": 64, "lr": 1e-3}, "engine": {"num_workers": 2}})
-    df = DB.run(settings, tmp_path)
+        "train": {"epochs": 2, "batch_size": 64, "lr": 1e-3}, "engine": {"num_workers": 2},
+        "dynabert": {"widths": [0.5, 1.0], "depths": [0.5, 1.0], "importance_batches": 4}})
+    df = execute(cfg, report=False).table
     subs = df[df["method"] == "dynabert-dynabert"]
-    assert len(subs) == 4
+    assert sorted(subs["item"]) == ["width0.5-depth0.5", "width0.5-depth1", "width1-depth0.5", "width1-depth1"]
     assert float(df[df["method"] == "teacher"]["accuracy"].iloc[0]) > 0.6
     assert (subs["accuracy"] > 0.6).all(), subs[["student", "accuracy"]]
     params = dict(zip(subs["student"], subs["params"]))
@@ -152,17 +182,69 @@ def test_dynabert_end_to_end_trains_every_subnetwork(ray_session, tmp_path):
 
     # distillation worked: the smallest sub-network is closer to the teacher (mean KL of the
     # predictions on the test split) than the same sub-network cut from the rewired teacher
-    method = ClassifyMethod(TaskSpec(dataset=settings.data.model_dump(), student={"name": "bert", "args": {}}))
-    test = method.load_split("test")
-    rewired = load_weights(M.build("bert", num_classes=2, **settings.teacher.args), tmp_path / "seed0" / "rewired.safetensors")
-    log_p_t = torch.log_softmax(method.predict_logits(rewired, test), -1)  # rewiring keeps the teacher's function
-    trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "seed0" / "students" / "w0.5_d0.5")
+    task = ClassifyTask(TaskSpec(dataset=cfg.data, student={"name": "bert", "args": {}}))
+    test = task.load_split("test")
+    students = tmp_path / "students"
+    rewired = load_weights(M.build("bert", num_classes=2, **cfg.teacher.args), students / "adaptive-seed0" / "rewired.safetensors")
+    log_p_t = torch.log_softmax(task.predict_logits(rewired, test), -1)  # rewiring keeps the teacher's function
+    trained = AutoModelForSequenceClassification.from_pretrained(students / "width0.5-depth0.5")
 
     def kl_to_teacher(model) -> float:
-        log_p_s = torch.log_softmax(method.predict_logits(model, test), -1)
+        log_p_s = torch.log_softmax(task.predict_logits(model, test), -1)
         return float((log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean())
 
     assert kl_to_teacher(trained) < kl_to_teacher(DB.extract_subnetwork(rewired, 0.5, 0.5))
-    ev = method.evaluate(trained, test)
+    ev = task.evaluate(trained, test)
     small = float(subs[subs["student"] == "dynabert w0.5 d0.5"]["accuracy"].iloc[0])
     assert ev["correct"] / ev["count"] == pytest.approx(small, abs=1e-9)
+
+    # a rerun after a crash between two sub-networks evaluates the saved adaptive model, never retrains
+    monkeypatch.setattr(DB, "fit", lambda *a, **k: pytest.fail("the adaptive model was trained again"))
+    lost = df[df["item"] != "width1-depth1"]
+    lost.to_parquet(tmp_path / "results.parquet", index=False)
+    lost.to_csv(tmp_path / "results.csv", index=False)
+    again = execute(cfg, report=False).table
+    assert sorted(again["item"]) == sorted(df["item"]) and again["item"].is_unique
+    redone = again.set_index("item").loc["width1-depth1"]
+    assert redone["accuracy"] == pytest.approx(float(subs[subs["item"] == "width1-depth1"]["accuracy"].iloc[0]), abs=1e-9)
+
+
+def _registered_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint the Train controller has registered for ``run_dir`` (its persisted snapshot)."""
+    try:
+        latest = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text()).get("latest_checkpoint_result")
+    except (OSError, ValueError):
+        return None
+    return latest["checkpoint_dir_name"] if latest else None
+
+
+@pytest.mark.slow
+def test_smoke_resumes_after_the_driver_is_killed(tmp_path):
+    """``raykd run configs/dynabert_smoke.yaml``, its driver killed (SIGKILL) once the adaptive Train run
+    has registered the checkpoint of its first epoch; the same command again resumes the Train run from
+    that checkpoint and ends with every item exactly once."""
+    from raykd.results import read_results
+
+    env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [str(REPO / ".venv" / "bin" / "raykd"), "run", str(REPO / "configs" / "dynabert_smoke.yaml"),
+           "--set", f"output_dir={tmp_path}", "--set", "train.epochs=2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (runs := list((tmp_path / "ray").glob("*-adaptive-seed0"))) or not _registered_checkpoint(runs[0]):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"no registered checkpoint of the adaptive Train run (driver exit code {proc.returncode})")
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = _registered_checkpoint(runs[0])
+    assert json.loads((runs[0] / first / "state.json").read_text())["epoch"] == 1, "killed too late to test resume"
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    last = json.loads((runs[0] / _registered_checkpoint(runs[0]) / "state.json").read_text())["metrics"]
+    assert last["epoch"] == 2 and last["resumed_after_epoch"] == 1, "the Train run started over instead of resuming"
+    df = read_results(tmp_path)
+    expected = ["teacher"] + [f"width{w}-depth{d}" for w in ("0.5", "1") for d in ("0.5", "1")]
+    assert sorted(df["item"]) == sorted(expected) and df["run_id"].nunique() == 1
+    assert set(df[df["item"] != "teacher"]["method"]) == {"dynabert-ckd"}
+    assert (tmp_path / "students" / "adaptive-seed0" / "meta.json").exists()

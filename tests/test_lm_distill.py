@@ -8,7 +8,7 @@ import torch
 
 from raykd import models as M
 from raykd.config import parse_config
-from raykd.distill import lm
+from raykd.models import bert
 from raykd.errors import UserError
 
 TINY_TEACHER = {"num_layers": 4, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}
@@ -23,16 +23,16 @@ def _ids():
 
 
 def test_teacher_layer_choice_is_uniform_skipping():
-    assert lm.teacher_layer_choice(6, 3) == [1, 3, 5]
-    assert lm.teacher_layer_choice(6, 2) == [2, 5]
-    assert lm.teacher_layer_choice(4, 4) == [0, 1, 2, 3]
+    assert bert.teacher_layer_choice(6, 3) == [1, 3, 5]
+    assert bert.teacher_layer_choice(6, 2) == [2, 5]
+    assert bert.teacher_layer_choice(4, 4) == [0, 1, 2, 3]
 
 
 def test_copy_teacher_layers_copies_embeddings_and_chosen_layers():
     torch.manual_seed(0)
     teacher = M.build("bert", **TINY_TEACHER).eval()
     student = M.build("bert", **(TINY_TEACHER | {"num_layers": 2})).eval()
-    chosen = lm.copy_teacher_layers(student, teacher)
+    chosen = bert.copy_teacher_layers(student, teacher)
     assert chosen == [1, 3]
     for j, t_i in enumerate(chosen):
         for (n, p), (_, q) in zip(student.bert.encoder.layer[j].named_parameters(), teacher.bert.encoder.layer[t_i].named_parameters()):
@@ -40,7 +40,7 @@ def test_copy_teacher_layers_copies_embeddings_and_chosen_layers():
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
     # a student as deep as the teacher becomes the teacher
     twin = M.build("bert", **TINY_TEACHER).eval()
-    lm.copy_teacher_layers(twin, teacher)
+    bert.copy_teacher_layers(twin, teacher)
     ids, mask = _ids()
     torch.testing.assert_close(twin(input_ids=ids, attention_mask=mask).logits, teacher(input_ids=ids, attention_mask=mask).logits)
 
@@ -48,21 +48,21 @@ def test_copy_teacher_layers_copies_embeddings_and_chosen_layers():
 def test_copy_teacher_layers_refuses_other_widths():
     teacher = M.build("bert", **TINY_TEACHER)
     with pytest.raises(UserError, match="student_init"):
-        lm.copy_teacher_layers(M.build("bert", num_layers=2, hidden_size=32, num_heads=2, intermediate_size=128), teacher)
+        bert.copy_teacher_layers(M.build("bert", num_layers=2, hidden_size=32, num_heads=2, intermediate_size=128), teacher)
 
 
-def _cfg(**over) -> dict:
+def _cfg(student_init: str | None = None, **over) -> dict:
     base = {"method": "kd", "data": {"name": "movie_reviews", "max_length": 32},
             "teacher": {"name": "minilm-l6"},
             "students": [{"name": "bert", "args": {"num_layers": 3, "hidden_size": 384, "num_heads": 12, "intermediate_size": 1536}}],
             "losses": [{"name": "kd", "temperature": 4.0}, {"name": "wr_pair", "weight": 1.0}, {"name": "ltr_pair"}]}
-    return base | over
+    return base | over | ({"kd": {"student_init": student_init}} if student_init else {})
 
 
 def test_config_accepts_teacher_layers_for_matching_students_and_names_the_field_otherwise():
     cfg = parse_config(_cfg(student_init="teacher_layers"))
-    assert cfg.student_init == "teacher_layers"
-    assert parse_config(_cfg()).student_init == "random"
+    assert cfg.kd.student_init == "teacher_layers"
+    assert parse_config(_cfg()).kd.student_init == "random"
     narrow = _cfg(student_init="teacher_layers", students=[{"name": "bert", "args": {"num_layers": 4, "hidden_size": 256}}])
     with pytest.raises(UserError, match=r"student_init.*hidden_size"):
         parse_config(narrow)
@@ -81,8 +81,8 @@ def test_lm_distillation_end_to_end(ray_session, tmp_path):
     to the accuracy recorded in the results table."""
     from transformers import AutoModelForSequenceClassification
 
-    from raykd.distill.base import ClassifyMethod, TaskSpec
-    from raykd.distill.kd import run
+    from raykd.engine.task import ClassifyTask, TaskSpec
+    from raykd.api import run
 
     tiny = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}
     cfg = parse_config({
@@ -92,15 +92,15 @@ def test_lm_distillation_end_to_end(ray_session, tmp_path):
         "students": [{"name": "bert", "args": tiny | {"num_layers": 1}, "label": "bert-1x64"}],
         "losses": [{"name": "kd", "weight": 1.0, "temperature": 2.0}, {"name": "wr_pair", "weight": 1.0},
                    {"name": "ltr_pair", "weight": 1.0}],
-        "student_init": "teacher_layers", "baseline_scratch": True,
+        "kd": {"student_init": "teacher_layers", "baseline_scratch": True},
         "train": {"epochs": 1, "batch_size": 64, "lr": 1e-3}, "engine": {"num_workers": 2}})
-    df = run(cfg)
+    df = run(cfg, check_data=False).table
     acc = {m: float(df[df["method"] == m]["accuracy"].iloc[0]) for m in ("teacher", "kd", "scratch")}
     assert acc["teacher"] > 0.62, acc
     assert acc["kd"] > 0.58 and acc["kd"] > acc["scratch"] + 0.03, acc
-    method = ClassifyMethod(TaskSpec(dataset=cfg.data.model_dump(), student={"name": "bert", "args": {}}))
+    method = ClassifyTask(TaskSpec(dataset=cfg.data.model_dump(), student={"name": "bert", "args": {}}))
     test = method.load_split("test")
-    for i, kind in enumerate(("kd", "scratch")):
-        back = AutoModelForSequenceClassification.from_pretrained(tmp_path / "students" / f"{kind}-{i}")
+    for kind in ("kd", "scratch"):
+        back = AutoModelForSequenceClassification.from_pretrained(tmp_path / "students" / f"{kind}-0")
         ev = method.evaluate(back, test)
         assert ev["correct"] / ev["count"] == pytest.approx(acc[kind], abs=1e-9), kind

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from raykd.results import append_rows, make_row, read_results
-from raykd.sweep.metric import distillation_score, ds_column, leaderboard, pareto_front
+from raykd.metrics import distillation_score, ds_column, leaderboard, pareto_front
 
 
 @pytest.mark.parametrize("size_s, size_t, acc_s, acc_t, a, expected", [

@@ -118,9 +118,9 @@ def test_images_are_normalised_with_their_own_training_statistics(tmp_path):
     # computed on the training rows only, and the training batch comes out standardised per channel
     x = np.asarray(p.train["x"], np.float64) / 255.0
     assert mean[1] == pytest.approx(x[:, 1].mean()) and std[2] == pytest.approx(x[:, 2].std())
-    from raykd.distill.base import ClassifyMethod, TaskSpec
+    from raykd.engine.task import ClassifyTask, TaskSpec
 
-    method = ClassifyMethod(TaskSpec(dataset=_user(tmp_path / "img.csv", image_shape=[3, 4, 4]), student={"name": "cnn"}))
+    method = ClassifyTask(TaskSpec(dataset=_user(tmp_path / "img.csv", image_shape=[3, 4, 4]), student={"name": "cnn"}))
     batch = method.batch(method.load_split("train"), np.arange(len(p.train["label"])))["x"]
     assert batch[:, 1:].mean().item() == pytest.approx(0.0, abs=1e-5)
     assert batch[:, 1:].std().item() == pytest.approx(1.0, abs=0.05)
@@ -246,11 +246,11 @@ def test_data_path_needs_name_user(tmp_path, capsys):
 def test_saved_students_keep_the_users_label_names(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from raykd.distill.base import ClassifyMethod, TaskSpec
+    from raykd.engine.task import ClassifyTask, TaskSpec
     from raykd.distill.kd import save_student
 
     text = _text_csv(tmp_path / "t.csv", ["neg", "neu", "pos"] * 10)
-    method = ClassifyMethod(TaskSpec(dataset=_user(text), student={"name": "bert", "args": {"num_layers": 1, "hidden_size": 32}}))
+    method = ClassifyTask(TaskSpec(dataset=_user(text), student={"name": "bert", "args": {"num_layers": 1, "hidden_size": 32}}))
     save_student(method.build_student(), tmp_path / "bert", method)
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert")
     assert loaded.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
@@ -261,7 +261,7 @@ def test_saved_students_keep_the_users_label_names(tmp_path):
     df = pd.DataFrame(rng.integers(0, 256, (30, 16)), columns=[f"p{i}" for i in range(16)])
     df["label"] = [WORDS[i % 3] for i in range(30)]
     df.to_csv(tmp_path / "img.csv", index=False)
-    method = ClassifyMethod(TaskSpec(dataset=_user(tmp_path / "img.csv"), student={"name": "cnn", "args": {"widths": [2, 4], "hidden": 8}}))
+    method = ClassifyTask(TaskSpec(dataset=_user(tmp_path / "img.csv"), student={"name": "cnn", "args": {"widths": [2, 4], "hidden": 8}}))
     save_student(method.build_student(), tmp_path / "cnn", method)
     meta = json.loads((tmp_path / "cnn" / "labels.json").read_text())
     assert meta["id2label"] == {"0": "one", "1": "two", "2": "zero"}
@@ -273,7 +273,7 @@ def test_kd_on_a_users_csv_holds_out_rows_and_keeps_label_names(ray_session, tmp
     """End to end on Ray Train: MNIST images written as a user's CSV with word labels and no test file."""
     from raykd import data
     from raykd.config import parse_config
-    from raykd.distill.kd import run
+    from raykd.api import run
     from raykd.results import read_results
 
     mnist = data.load("mnist", "train", subset=2500, seed=3)
@@ -289,7 +289,7 @@ def test_kd_on_a_users_csv_holds_out_rows_and_keeps_label_names(ray_session, tmp
         "train": {"epochs": 3, "batch_size": 32, "lr": 0.01},
         "engine": {"num_workers": 1},
     })
-    df_out = run(cfg)
+    df_out = run(cfg, check_data=False).table
     rows = {r["method"]: r for r in df_out.to_dict("records")}
     assert set(rows) == {"teacher", "kd"}
     for r in rows.values():

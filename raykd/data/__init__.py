@@ -14,32 +14,10 @@ data as IDX, CSV/TSV, parquet or a saved Hugging Face ``datasets`` directory (se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 
 from raykd.errors import UserError
-from raykd.registry import Registry
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    kind: str  # "image" | "text"
-    num_classes: int
-    sizes: dict[str, int]
-    source: str
-    licence: str
-    loader: Callable[[str], dict] = field(repr=False, compare=False)
-    class_names: tuple[str, ...] = ()
-
-
-DATASETS: Registry = Registry("dataset")
-
-
-def register_dataset(info: DatasetInfo) -> DatasetInfo:
-    return DATASETS.register(info.name, info)
+from raykd.registry import DATASETS, DatasetInfo, register_dataset  # noqa: F401  (re-exported)
 
 
 def info(name: str, field: str | None = None) -> DatasetInfo:

@@ -51,8 +51,10 @@ class Prepared:
                 "n_train": int(len(self.train["label"])), "n_test": int(len(self.test["label"]))}
 
 
-def prepare(dataset: dict) -> Prepared:
-    """The prepared data of a ``data:`` section (a :class:`raykd.config.DataConfig` dump); cached per process."""
+def prepare(dataset) -> Prepared:
+    """The prepared data of a ``data:`` section (a :class:`raykd.config.DataConfig` or its dump); cached per process."""
+    if hasattr(dataset, "model_dump"):
+        dataset = dataset.model_dump()
     return _prepare(json.dumps(dataset, sort_keys=True, default=str))
 
 
@@ -164,3 +166,20 @@ def image_stats(x: np.ndarray, chunk: int = 8192) -> dict:
     mean = s / n
     std = np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
     return {"mean": [float(m) for m in mean], "std": [float(max(v, 1e-6)) for v in std]}
+
+
+def fingerprint(data) -> dict:
+    """What identifies a run's data (a ``data:`` section): registry name + subsets, or a user file's
+    size and mtime (keys of the trained-teacher and teacher-output caches)."""
+    if hasattr(data, "model_dump"):
+        data = data.model_dump()
+    fp = {k: data.get(k) for k in ("name", "train_subset", "test_subset", "max_length", "format",
+                                   "text_column", "label_column", "image_shape", "num_classes", "split_seed")}
+    if data.get("name") == "user" and not data.get("test_path"):
+        fp["test_fraction"] = data.get("test_fraction")  # the hold-out decides which rows are trained on
+    for key in ("path", "test_path"):
+        if data.get(key):
+            p = Path(data[key]).expanduser()
+            st = p.stat() if p.exists() else None
+            fp[key] = [str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None]
+    return fp

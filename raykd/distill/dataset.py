@@ -1,4 +1,4 @@
-"""Dataset distillation with learned soft labels.
+"""Dataset distillation with learned soft labels: the algorithm (plain PyTorch, no Ray).
 
 Sucholutsky & Schonlau (2019), "Improving Dataset Distillation" (soft-label dataset distillation),
 building on Wang et al. (2018), "Dataset Distillation".
@@ -17,47 +17,53 @@ network. Images are distilled in normalised pixel space; text in the frozen Mini
 space (a text CNN learns from embedding sequences, and each synthetic sentence is read back as its
 nearest tokens).
 
-This module holds the algorithm and everything that is not Ray; :mod:`raykd.distill.dataset_ray`
-runs it on Ray Train (data-parallel meta-gradients) and fans evaluations out as Ray tasks.
+This module is the algorithm and its outputs; :mod:`raykd.distill.dataset_ray` runs the outer loop
+on Ray Train (data-parallel meta-gradients) and the evaluations as Ray tasks, and
+:mod:`raykd.distill.dataset_distill` is the method (``method: dataset_distill``) that ties them together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.func import functional_call
 
-from raykd import data as D
 from raykd import models as M
-from raykd.config import Strict
+from raykd.config import DataConfig, ModelSpec
+from raykd.data.prepare import prepare
 from raykd.errors import UserError
+from raykd.schema import FieldError, Strict
 
 Params = dict[str, torch.Tensor]
 TEXT_MODELS = ("textcnn",)
+DEFAULT_SAMPLES = 10
+# fields of the former ``dataset_distill:`` section that live in the shared sections now
+MOVED_FIELDS = {"dataset": "data.name", "model": "student.name", "model_args": "student.args",
+                "max_tokens": "data.max_length", "num_workers": "engine.num_workers", "use_gpu": "engine.use_gpu",
+                "seed": "the top-level seed"}
 
 
 # ----------------------------------------------------------------------------------------------
-# Settings: every option of the method, all defaulted (the paper's MNIST recipe where it has one)
+# Settings: the method's own section, all defaulted (the paper's MNIST recipe where it has one).
+# The data, the learner (student), the workers (engine) and the seed are the shared sections.
 # ----------------------------------------------------------------------------------------------
 
 class DatasetDistillSettings(Strict):
     """The ``dataset_distill:`` section of a config."""
 
-    dataset: str = Field("mnist", description="registered dataset: mnist, fashion_mnist, movie_reviews, sms_spam")
-    model: str = Field("lenet5", description="learner: an image model (lenet5, cnn, mlp) or textcnn for text")
-    model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model builder")
-    num_samples: int | None = Field(10, ge=1, description="total synthetic samples (may be fewer than classes)")
+    num_samples: int | None = Field(None, ge=1, description=f"total synthetic samples (may be fewer than classes); "
+                                    f"default {DEFAULT_SAMPLES} unless samples_per_class is given")
     samples_per_class: int | None = Field(None, ge=1, description="if set, num_samples = samples_per_class * classes")
     learn_labels: bool = Field(True, description="learn soft labels (True) or keep fixed one-hot labels (False)")
     label_init: Literal["onehot", "random"] = "onehot"
@@ -73,7 +79,7 @@ class DatasetDistillSettings(Strict):
     init_scheme: Literal["xavier", "default"] = Field(
         "xavier", description="how theta_0 is drawn: xavier = Xavier-normal weights (gain 1) and zero biases, the "
         "initialisation of the original dataset-distillation code; default = each layer's own PyTorch init")
-    pretrained_path: str | None = Field(None, description="safetensors state dict of `model` (init: pretrained)")
+    pretrained_path: str | None = Field(None, description="safetensors state dict of the student (init: pretrained)")
     outer_iterations: int = Field(1000, ge=1)
     outer_batch_size: int = Field(1024, ge=1, description="real samples per outer iteration, split over workers")
     outer_lr: float = Field(0.01, gt=0)
@@ -81,32 +87,23 @@ class DatasetDistillSettings(Strict):
     lr_decay_step: int = Field(400, ge=1, description="outer iterations between learning-rate decays")
     lr_decay_factor: float = Field(0.5, gt=0, le=1)
     inner_lr_init: float = Field(0.02, gt=0, description="initial value of every learned inner learning rate")
-    max_tokens: int = Field(32, ge=4, description="text: tokens per sentence (real sentences are cut/padded)")
     eval_inits: int = Field(10, ge=1, description="fresh networks trained on the distilled set per evaluation")
     eval_epochs: int | None = Field(None, ge=1, description="epochs of the learned schedule at evaluation (default: epochs)")
     real_train_steps: int = Field(300, ge=1, description="random-real baseline: full-batch Adam steps")
     real_lr: float = Field(1e-3, gt=0, description="Adam lr for training on real data (baseline and full-set reference)")
     reference_epochs: int = Field(2, ge=0, description="epochs of the full-train-set reference (teacher_accuracy); 0: skip")
     baselines: bool = Field(True, description="also run random real samples and the hard-label variant")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers averaging meta-gradients")
-    use_gpu: bool | None = Field(None, description="default: torch.cuda.is_available()")
     log_every: int = Field(50, ge=1, description="print progress (with a quick evaluation) every N outer iterations")
-    checkpoint_every: int = Field(100, ge=1, description="report a Checkpoint of the synthetic set every N iterations")
-    seed: int = 0
+    checkpoint_every: int = Field(100, ge=1, description="Ray Train checkpoint of the synthetic set every N outer iterations")
 
-    @field_validator("dataset")
+    @model_validator(mode="before")
     @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        if v not in D.DATASETS:
-            raise ValueError(D.DATASETS.unknown_message(v))
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        if v not in M.MODELS:
-            raise ValueError(M.MODELS.unknown_message(v))
-        return v
+    def _moved(cls, raw):
+        """Fields that moved to the shared sections say where they went."""
+        for key in MOVED_FIELDS:
+            if isinstance(raw, dict) and key in raw:
+                raise FieldError(key, f"moved: set {MOVED_FIELDS[key]} instead")
+        return raw
 
     @field_validator("outer_betas")
     @classmethod
@@ -117,34 +114,48 @@ class DatasetDistillSettings(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "DatasetDistillSettings":
-        if self.samples_per_class is not None and "num_samples" in self.model_fields_set and self.num_samples is not None:
+        if self.samples_per_class is not None and self.num_samples is not None:
             raise ValueError("give either num_samples or samples_per_class, not both")
-        if self.samples_per_class is None and self.num_samples is None:
-            raise ValueError("give num_samples or samples_per_class")
         if self.init == "pretrained" and not self.pretrained_path:
-            raise ValueError("init: 'pretrained' needs pretrained_path (a safetensors state dict of the model)")
+            raise ValueError("init: 'pretrained' needs pretrained_path (a safetensors state dict of the student)")
+        if self.pretrained_path and self.init != "pretrained":
+            raise ValueError(f"pretrained_path is read only with init: 'pretrained' (init is {self.init!r}); "
+                             "remove it or set init: pretrained")
         if self.pretrained_path:  # an existing file, made absolute (sweep trials run in their own directory)
             if not Path(self.pretrained_path).expanduser().is_file():
-                raise ValueError(f"pretrained_path: no such file {self.pretrained_path!r}; give a safetensors state dict of the model")
+                raise ValueError(f"pretrained_path: no such file {self.pretrained_path!r}; give a safetensors state dict of the student")
             self.pretrained_path = str(Path(self.pretrained_path).expanduser().resolve())
-        M.check_args(self.model, self.model_args, "model_args")
         if not self.learn_labels and self.label_init == "random":
             raise ValueError("label_init: 'random' needs learn_labels: true (fixed labels are one-hot)")
-        is_text = D.info(self.dataset).kind == "text"
-        if is_text != (self.model in TEXT_MODELS):
-            want = "textcnn" if is_text else "an image model such as lenet5 or cnn"
-            raise ValueError(f"model: dataset {self.dataset!r} needs {want}, got {self.model!r}")
         return self
 
     @property
     def total_steps(self) -> int:
         return self.steps * self.epochs
 
-    def sample_count(self) -> int:
-        """Number of synthetic samples N (resolves samples_per_class with the dataset's class count)."""
+    def sample_count(self, num_classes: int) -> int:
+        """Number of synthetic samples N (samples_per_class resolved with the data's class count)."""
         if self.samples_per_class is not None:
-            return self.samples_per_class * D.info(self.dataset).num_classes
-        return int(self.num_samples)
+            return self.samples_per_class * num_classes
+        return DEFAULT_SAMPLES if self.num_samples is None else int(self.num_samples)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything the algorithm reads: the ``dataset_distill:`` settings, the ``data:`` section, the
+    learner (the ``student:`` section) and the run's seed. Plain data: it travels to Ray workers and tasks."""
+
+    settings: DatasetDistillSettings
+    data: DataConfig
+    learner: ModelSpec
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg) -> "Recipe":
+        return cls(cfg.dataset_distill, cfg.data, cfg.student, cfg.seed)
+
+    def with_settings(self, **update) -> "Recipe":
+        return dataclasses.replace(self, settings=self.settings.model_copy(update=update))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,7 +164,7 @@ class DatasetDistillSettings(Strict):
 
 @dataclass
 class RealData:
-    """One dataset's train and test split as tensors the learner eats, plus how to read inputs back."""
+    """One run's train and evaluation rows as tensors the learner eats, plus how to read inputs back."""
 
     kind: str                       # "image" | "text"
     num_classes: int
@@ -161,8 +172,10 @@ class RealData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    mean: float = 0.0               # images: pixel normalisation
-    std: float = 1.0
+    class_names: tuple[str, ...] = ()
+    eval_split: str = ""            # which rows the accuracies are measured on
+    mean: torch.Tensor | None = None    # images: per-channel normalisation [C, 1, 1] of the training rows
+    std: torch.Tensor | None = None
     table: torch.Tensor | None = None   # text: frozen MiniLM token-embedding table [V, D]
 
     @property
@@ -180,29 +193,33 @@ class RealData:
         return self.inputs(self.train_x[idx]), self.train_y[idx]
 
 
+def load_real_data(data: DataConfig) -> RealData:
+    """The rows of a ``data:`` section (subsets, your own files and their hold-out included, see
+    :func:`raykd.data.prepare.prepare`) as tensors; built once per process (Ray workers and tasks call this)."""
+    return _load_real_data(json.dumps(data.model_dump(mode="json"), sort_keys=True))
+
+
 @functools.lru_cache(maxsize=4)
-def load_real_data(dataset: str, max_tokens: int = 32) -> RealData:
-    """Load a registered dataset once per process (cached: Ray workers and tasks call this)."""
-    info = D.info(dataset, "dataset_distill.dataset")
-    train, test = D.load(dataset, "train"), D.load(dataset, "test")
-    if info.kind == "image":
-        xtr = torch.from_numpy(np.asarray(train["x"], dtype=np.float32) / 255.0)
-        mean, std = float(xtr.mean()), float(xtr.std())
-        xte = torch.from_numpy(np.asarray(test["x"], dtype=np.float32) / 255.0)
-        return RealData("image", info.num_classes, (xtr - mean) / std, _labels(train), (xte - mean) / std,
-                        _labels(test), mean=mean, std=std)
+def _load_real_data(key: str) -> RealData:
+    d = json.loads(key)
+    p = prepare(d)
+    names, labels = tuple(p.labels.names), (lambda split: torch.from_numpy(np.asarray(split["label"], dtype=np.int64)))
+    if p.kind == "image":
+        mean = torch.tensor(p.norm["mean"], dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(p.norm["std"], dtype=torch.float32).view(-1, 1, 1)
+
+        def pixels(split: dict) -> torch.Tensor:
+            return (torch.from_numpy(np.asarray(split["x"], dtype=np.float32) / 255.0) - mean) / std
+
+        return RealData("image", p.num_classes, pixels(p.train), labels(p.train), pixels(p.test), labels(p.test),
+                        names, p.eval_split, mean=mean, std=std)
     tok = M.bert.tokenizer()
 
     def ids(texts: np.ndarray) -> torch.Tensor:
-        enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
-        return enc["input_ids"]
+        return tok(list(texts), padding="max_length", truncation=True, max_length=d["max_length"], return_tensors="pt")["input_ids"]
 
-    return RealData("text", info.num_classes, ids(train["text"]), _labels(train), ids(test["text"]), _labels(test),
-                    table=minilm_embedding_table())
-
-
-def _labels(split: dict[str, np.ndarray]) -> torch.Tensor:
-    return torch.tensor(np.asarray(split["label"], dtype=np.int64))
+    return RealData("text", p.num_classes, ids(p.train["text"]), labels(p.train), ids(p.test["text"]), labels(p.test),
+                    names, p.eval_split, table=minilm_embedding_table())
 
 
 @functools.lru_cache(maxsize=1)
@@ -223,14 +240,14 @@ def minilm_embedding_table() -> torch.Tensor:
 # The learner as a pure function of its parameters
 # ----------------------------------------------------------------------------------------------
 
-def build_learner(settings: DatasetDistillSettings, num_classes: int) -> nn.Module:
+def build_learner(learner: ModelSpec, data: RealData) -> nn.Module:
     """Build the learner network. BatchNorm keeps no running statistics (it always normalises with the
     current batch), so the network is a pure function of its parameters: the unrolled inner loop,
     the outer loss and the evaluation all see the same function."""
-    args = dict(settings.model_args)
-    if settings.model in TEXT_MODELS and args.get("embed_dim") is None:
-        args["embed_dim"] = minilm_embedding_table().shape[1]
-    model = M.build(settings.model, "dataset_distill.model", num_classes=num_classes, **args)
+    args = dict(learner.args)
+    if learner.name in TEXT_MODELS and args.get("embed_dim") is None:
+        args["embed_dim"] = data.table.shape[1]
+    model = M.build(learner.name, "student", num_classes=data.num_classes, **args)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.track_running_stats = False
@@ -298,7 +315,7 @@ class SyntheticSet(nn.Module):
         """Sample i is assigned class i mod C. x~ ~ N(0, s^2) (s = 1 for normalised pixels, the embedding
         table's std for text), or a random real sample of the assigned class; labels start one-hot (or
         random); every eta starts at inner_lr_init."""
-        g = torch.Generator().manual_seed(10_007 + settings.seed)
+        g = torch.Generator().manual_seed(10_007 + seed)
         c = data.num_classes
         assigned = torch.arange(n) % c
         if settings.sample_init == "real":
@@ -380,29 +397,6 @@ def meta_gradient(model: nn.Module, syn: SyntheticSet, theta0: Params, x_real: t
     return loss.detach(), grads
 
 
-def distill(settings: DatasetDistillSettings, log: bool = False) -> dict[str, torch.Tensor]:
-    """The whole outer loop in one process (reference version of what the Ray Train workers do):
-    sample a real batch and theta_0, take the exact meta-gradient, Adam step on x~, y~ and eta."""
-    data = load_real_data(settings.dataset, settings.max_tokens)
-    model = build_learner(settings, data.num_classes)
-    syn = SyntheticSet.initial(settings, data, settings.sample_count(), settings.seed)
-    opt = torch.optim.Adam(syn.parameters(), lr=settings.outer_lr, betas=settings.outer_betas)
-    sched = torch.optim.lr_scheduler.StepLR(opt, settings.lr_decay_step, settings.lr_decay_factor)
-    theta_run = starting_params(settings, model)
-    g = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919)
-    for it in range(settings.outer_iterations):
-        x_real, y_real = data.train_batch(settings.outer_batch_size, g)
-        theta0 = (init_params(model, settings.seed * 1_000_003 + it + 1, settings.init_scheme)
-                  if settings.init == "random" else theta_run)
-        loss, grads = meta_gradient(model, syn, theta0, x_real, y_real, settings)
-        for p, gr in zip(syn.parameters(), grads):
-            p.grad = gr
-        opt.step()
-        sched.step()
-        if log and (it + 1) % settings.log_every == 0:
-            print(f"[dataset_distill] outer {it + 1}/{settings.outer_iterations} loss {float(loss):.4f}", flush=True)
-    return export(syn)
-
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation: train fresh networks only on the distilled data, test on the real test split
@@ -443,21 +437,21 @@ def train_on_real(model: nn.Module, theta0: Params, x: torch.Tensor, y: torch.Te
     return {k: v.detach() for k, v in theta.items()}
 
 
-def evaluate_distilled(settings: DatasetDistillSettings, distilled: dict[str, torch.Tensor], init_seed: int | None,
+def evaluate_distilled(recipe: Recipe, distilled: dict[str, torch.Tensor], init_seed: int | None,
                        limit: int | None = None) -> float:
     """Test accuracy of one fresh network trained only on the distilled set. ``init_seed=None`` uses the
     run's own theta_0 (fixed or pretrained init); an int draws a fresh random init."""
-    data = load_real_data(settings.dataset, settings.max_tokens)
-    model = build_learner(settings, data.num_classes)
-    theta0 = (starting_params(settings, model) if init_seed is None
-              else init_params(model, init_seed, settings.init_scheme))
-    return accuracy(model, train_on_distilled(model, theta0, distilled, settings), data, limit)
+    data = load_real_data(recipe.data)
+    model = build_learner(recipe.learner, data)
+    theta0 = (starting_params(recipe, model) if init_seed is None
+              else init_params(model, init_seed, recipe.settings.init_scheme))
+    return accuracy(model, train_on_distilled(model, theta0, distilled, recipe.settings), data, limit)
 
 
-def evaluate_random_real(settings: DatasetDistillSettings, n: int, seed: int) -> float:
+def evaluate_random_real(recipe: Recipe, n: int, seed: int) -> float:
     """Baseline: n randomly chosen real training samples (hard labels), a fresh init, standard training."""
-    data = load_real_data(settings.dataset, settings.max_tokens)
-    model = build_learner(settings, data.num_classes)
+    settings, data = recipe.settings, load_real_data(recipe.data)
+    model = build_learner(recipe.learner, data)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train_y), generator=g)[:n]
     theta = train_on_real(model, init_params(model, seed, settings.init_scheme), data.inputs(data.train_x[idx]),
@@ -465,13 +459,13 @@ def evaluate_random_real(settings: DatasetDistillSettings, n: int, seed: int) ->
     return accuracy(model, theta, data)
 
 
-def evaluate_full_train_set(settings: DatasetDistillSettings) -> float:
-    """Reference: the same learner trained on the whole train split (Adam, batch 256, reference_epochs)."""
-    data = load_real_data(settings.dataset, settings.max_tokens)
-    model = build_learner(settings, data.num_classes)
-    g = torch.Generator().manual_seed(settings.seed)
+def evaluate_full_train_set(recipe: Recipe) -> float:
+    """Reference: the same learner trained on all training rows (Adam, batch 256, reference_epochs)."""
+    settings, data = recipe.settings, load_real_data(recipe.data)
+    model = build_learner(recipe.learner, data)
+    g = torch.Generator().manual_seed(recipe.seed)
     steps = settings.reference_epochs * math.ceil(len(data.train_y) / 256)
-    theta0 = starting_params(settings, model)
+    theta0 = starting_params(recipe, model)
     theta = _train_real_minibatches(model, theta0, data, settings.real_lr, steps, g)
     return accuracy(model, theta, data)
 
@@ -489,11 +483,11 @@ def _train_real_minibatches(model: nn.Module, theta0: Params, data: RealData, lr
     return {k: v.detach() for k, v in theta.items()}
 
 
-def starting_params(settings: DatasetDistillSettings, model: nn.Module) -> Params:
+def starting_params(recipe: Recipe, model: nn.Module) -> Params:
     """The run's theta_0: the fixed init (drawn from the run's seed) or the pretrained weights."""
-    if settings.init == "pretrained":
-        return load_pretrained(model, settings.pretrained_path)
-    return init_params(model, settings.seed, settings.init_scheme)
+    if recipe.settings.init == "pretrained":
+        return load_pretrained(model, recipe.settings.pretrained_path)
+    return init_params(model, recipe.seed, recipe.settings.init_scheme)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,7 +500,7 @@ def export(syn: SyntheticSet) -> dict[str, torch.Tensor]:
         return {"x": syn.x.detach().clone(), "labels": syn.labels.detach().clone(), "lrs": syn.lrs.detach().clone()}
 
 
-def save_distilled(path: Path, distilled: dict[str, torch.Tensor], settings: DatasetDistillSettings, data: RealData,
+def save_distilled(path: Path, distilled: dict[str, torch.Tensor], recipe: Recipe, data: RealData,
                    theta0: Params | None = None) -> Path:
     """Write the distilled set to safetensors. Keys: ``x`` (images: normalised pixels [N,C,H,W];
     text: MiniLM token embeddings [N,L,D]), ``labels`` [N,C], ``lrs`` [steps*epochs], and for a fixed or
@@ -516,12 +510,14 @@ def save_distilled(path: Path, distilled: dict[str, torch.Tensor], settings: Dat
     tensors = {k: v.contiguous() for k, v in distilled.items()}
     if theta0 is not None:
         tensors.update({f"init.{k}": v.detach().contiguous() for k, v in theta0.items()})
-    meta = {"method": "dataset_distill", "dataset": settings.dataset, "kind": data.kind, "model": settings.model,
-            "model_args": json.dumps(settings.model_args), "steps": str(settings.steps), "epochs": str(settings.epochs),
+    settings = recipe.settings
+    meta = {"method": "dataset_distill", "dataset": recipe.data.name, "kind": data.kind, "model": recipe.learner.name,
+            "model_args": json.dumps(recipe.learner.args), "steps": str(settings.steps), "epochs": str(settings.epochs),
             "split_per_step": str(settings.split_per_step), "init": settings.init,
-            "input": ("minilm-l6 word embeddings" if data.kind == "text" else
-                      f"pixels/255 normalised with mean {data.mean:.6f} std {data.std:.6f}"),
-            "mean": str(data.mean), "std": str(data.std)}
+            "classes": json.dumps(list(data.class_names)), "input": "minilm-l6 word embeddings"}
+    if data.kind == "image":  # per channel, as JSON lists
+        mean, std = ([round(float(v), 6) for v in t.flatten()] for t in (data.mean, data.std))
+        meta.update({"input": "pixels/255, then (x - mean) / std per channel", "mean": json.dumps(mean), "std": json.dumps(std)})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -553,14 +549,14 @@ def fit_distilled(model: nn.Module, distilled: dict[str, torch.Tensor], steps: i
     return model
 
 
-def plot_images(path: Path, distilled: dict[str, torch.Tensor], data: RealData, class_names: tuple[str, ...],
-                title: str) -> Path:
+def plot_images(path: Path, distilled: dict[str, torch.Tensor], data: RealData, title: str) -> Path:
     """PNG grid: each synthetic image with its (soft) label drawn as a bar chart underneath."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    class_names = data.class_names
     x = (distilled["x"] * data.std + data.mean).clamp(0, 1).numpy()
     labels = distilled["labels"].numpy()
     n, c = labels.shape
@@ -595,22 +591,14 @@ def nearest_tokens(embeddings: torch.Tensor, table: torch.Tensor) -> torch.Tenso
     return (e @ t.T).argmax(dim=1).reshape(embeddings.shape[:-1])
 
 
-def write_sentences(path: Path, distilled: dict[str, torch.Tensor], data: RealData, class_names: tuple[str, ...]) -> Path:
+def write_sentences(path: Path, distilled: dict[str, torch.Tensor], data: RealData) -> Path:
     """Decode each synthetic sentence to its nearest MiniLM tokens, one per line with its soft label."""
     tok = M.bert.tokenizer()
     ids = nearest_tokens(distilled["x"], data.table)
     lines = []
     for i, (row, lab) in enumerate(zip(ids.tolist(), distilled["labels"].tolist())):
-        dist = ", ".join(f"{name}={v:.2f}" for name, v in zip(class_names, lab))
+        dist = ", ".join(f"{name}={v:.2f}" for name, v in zip(data.class_names, lab))
         lines.append(f"#{i} [{dist}] {' '.join(tok.convert_ids_to_tokens(row))}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def run(settings: DatasetDistillSettings, out_dir: Path) -> pd.DataFrame:
-    """Distil on Ray, evaluate, run the baselines, save everything and append results rows.
-    See :func:`raykd.distill.dataset_ray.run`."""
-    from raykd.distill.dataset_ray import run as run_on_ray
-
-    return run_on_ray(settings, Path(out_dir))

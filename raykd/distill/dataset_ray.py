@@ -1,13 +1,14 @@
-"""Dataset distillation on Ray.
+"""Dataset distillation on Ray (the algorithm itself is :mod:`raykd.distill.dataset`).
 
 * Distillation runs as a Ray Train ``TorchTrainer``: every worker holds the same synthetic set,
   computes the exact meta-gradient on its own real batch (``outer_batch_size / num_workers``
   samples) and, for the random-init regime, its own freshly drawn theta_0; the gradients are
   averaged with ``torch.distributed.all_reduce`` so all workers take the same Adam step. Rank 0
   prints progress and reports a ``Checkpoint`` of the synthetic set (and optimiser state) every
-  ``checkpoint_every`` iterations; a restarted run resumes from it.
+  ``checkpoint_every`` iterations. The run is named by the caller: started again with the same name
+  and storage (a rerun after a crash), it resumes from its newest intact checkpoint.
 * Evaluation trains many fresh networks on the distilled set, one Ray task per initialisation, and
-  so do the random-real baseline and the full-train-set reference (cached on disk).
+  so do the random-real baseline and the full-train-set reference (cached on disk across runs).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import ray
 import ray.train
 import ray.train.torch
@@ -31,17 +31,16 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raykd import data as D
+from raykd.config import EngineConfig
+from raykd.data.prepare import fingerprint
 from raykd.distill.dataset import (
-    DatasetDistillSettings, SyntheticSet, build_learner, evaluate_distilled, evaluate_full_train_set,
-    evaluate_random_real, export, init_params, load_distilled, load_real_data, meta_gradient, plot_images,
-    save_distilled, starting_params, write_sentences,
+    Recipe, SyntheticSet, build_learner, evaluate_distilled, evaluate_full_train_set, evaluate_random_real, export,
+    init_params, load_distilled, load_real_data, meta_gradient, starting_params,
 )
 from raykd.engine.checkpoint import DamagedCheckpoint, restore_newest
-from raykd.errors import UserError
+from raykd.engine.trainer import cluster_has_gpus, worker_env
 from raykd.paths import atomic_write_bytes, cache_dir
-from raykd.results import append_rows, config_hash, make_row
-from raykd.runtime import init_ray
+from raykd.results import config_hash
 
 UNSEEN_INIT_SEED = 7_000_000  # evaluation inits are drawn from seeds no training iteration uses
 PROBE_INIT_SEED = 6_999_999   # the init behind the quick accuracy printed during random-init training
@@ -53,47 +52,48 @@ PROBE_INIT_SEED = 6_999_999   # the init behind the quick accuracy printed durin
 
 def distill_loop_per_worker(config: dict) -> None:
     """Outer loop on one worker: meta-gradient on local real data, all-reduce, Adam step, report."""
-    settings = DatasetDistillSettings(**config["settings"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    recipe: Recipe = config["recipe"]
+    s = recipe.settings
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.set_num_threads(config["threads"])
     device = ray.train.torch.get_device()
+    say = (lambda msg: print(f"[dataset_distill] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
 
-    data = load_real_data(settings.dataset, settings.max_tokens)
+    data = load_real_data(recipe.data)
     if device.type != "cpu":
         data = dataclasses.replace(data, **{f: getattr(data, f).to(device) for f in ("train_x", "train_y", "test_x", "test_y")},
                                    table=None if data.table is None else data.table.to(device))
-    model = build_learner(settings, data.num_classes).to(device)
-    syn = SyntheticSet.initial(settings, data, settings.sample_count(), settings.seed).to(device)
-    opt = torch.optim.Adam(syn.parameters(), lr=settings.outer_lr, betas=settings.outer_betas)
-    sched = torch.optim.lr_scheduler.StepLR(opt, settings.lr_decay_step, settings.lr_decay_factor)
-    theta_run = {k: v.to(device) for k, v in starting_params(settings, model).items()}
+    model = build_learner(recipe.learner, data).to(device)
+    syn = SyntheticSet.initial(s, data, s.sample_count(data.num_classes), recipe.seed).to(device)
+    opt = torch.optim.Adam(syn.parameters(), lr=s.outer_lr, betas=s.outer_betas)
+    sched = torch.optim.lr_scheduler.StepLR(opt, s.lr_decay_step, s.lr_decay_factor)
+    theta_run = {k: v.to(device) for k, v in starting_params(recipe, model).items()}
 
     start, history, seconds, cpu_seconds = 0, [], [], []
-    def say(msg: str) -> None:
-        if rank == 0:
-            print(f"[dataset_distill] {msg}", flush=True)
-
     state = restore_newest(ray.train.get_checkpoint(), lambda d: read_synthetic_checkpoint(d, device), say)
     if state is not None:  # resume after a crash: the synthetic set, Adam and the schedule
         syn.load_state_dict(state["synthetic"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = int(state["iteration"]), json.loads(state["history"])
-        if rank == 0:
-            print(f"[dataset_distill] resumed at outer iteration {start}", flush=True)
+        say(f"resumed at outer iteration {start}")
+        if start >= s.outer_iterations and state.get("metrics"):
+            # every iteration had finished before the interruption (e.g. a driver killed after the last
+            # checkpoint): report the final set and metrics again, so that the caller gets this run's result
+            _report(rank, syn, opt, sched, start, history, {**json.loads(state["metrics"]), "resumed_at": start})
+            return
 
-    g = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919 * (rank + 1) + start)
-    local_batch = math.ceil(settings.outer_batch_size / world)
-    for it in range(start, settings.outer_iterations):
+    g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 7919 * (rank + 1) + start)
+    local_batch = math.ceil(s.outer_batch_size / world)
+    for it in range(start, s.outer_iterations):
         t0, c0 = time.perf_counter(), time.process_time()
         x_real, y_real = data.train_batch(local_batch, g)
         x_real, y_real = x_real.to(device), y_real.to(device)
-        if settings.init == "random":  # a fresh theta_0 every outer iteration, different on every worker
-            theta0 = init_params(model, settings.seed * 1_000_003 + it * world + rank + 1, settings.init_scheme)
+        if s.init == "random":  # a fresh theta_0 every outer iteration, different on every worker
+            theta0 = init_params(model, recipe.seed * 1_000_003 + it * world + rank + 1, s.init_scheme)
         else:
             theta0 = theta_run
-        loss, grads = meta_gradient(model, syn, theta0, x_real, y_real, settings)
+        loss, grads = meta_gradient(model, syn, theta0, x_real, y_real, s)
         if world > 1:  # average the meta-gradients (and the loss, for the log) over workers
             for gr in grads:
                 dist.all_reduce(gr)
@@ -109,32 +109,38 @@ def distill_loop_per_worker(config: dict) -> None:
         cpu_seconds.append(time.process_time() - c0)  # this worker process's CPU time, all threads
 
         done = it + 1
-        if rank == 0 and (done % settings.log_every == 0 or done == settings.outer_iterations or it == start):
-            probe = None if settings.init != "random" else PROBE_INIT_SEED
-            acc = evaluate_distilled(settings, {k: v.cpu() for k, v in export(syn).items()}, probe, limit=2000)
+        if rank == 0 and (done % s.log_every == 0 or done == s.outer_iterations or it == start):
+            probe = None if s.init != "random" else PROBE_INIT_SEED
+            acc = evaluate_distilled(recipe, {k: v.cpu() for k, v in export(syn).items()}, probe, limit=2000)
             history.append([done, float(loss), acc])
-            print(f"[dataset_distill] outer {done}/{settings.outer_iterations} loss {float(loss):.4f} "
-                  f"quick test acc {acc:.4f} ({np.mean(seconds):.3f} s/iter)", flush=True)
-        if done % settings.checkpoint_every == 0 or done == settings.outer_iterations:
+            say(f"outer {done}/{s.outer_iterations} loss {float(loss):.4f} quick test acc {acc:.4f} "
+                f"({np.mean(seconds):.3f} s/iter)")
+        if done % s.checkpoint_every == 0 or done == s.outer_iterations:
             metrics = {"iteration": done, "loss": float(loss), "sec_per_iter": float(np.mean(seconds)),
-                       "cpu_sec_per_iter": float(np.mean(cpu_seconds)) * world,
-                       "history": json.dumps(history)}
-            if rank == 0:
-                with tempfile.TemporaryDirectory() as d:
-                    save_synthetic_checkpoint(Path(d), syn, opt, sched, done, history)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics)
+                       "cpu_sec_per_iter": float(np.mean(cpu_seconds)) * world, "resumed_at": start}
+            _report(rank, syn, opt, sched, done, history, metrics)
 
 
-def save_synthetic_checkpoint(d: Path, syn: SyntheticSet, opt, sched, iteration: int, history: list) -> None:
+def _report(rank: int, syn: SyntheticSet, opt, sched, iteration: int, history: list, metrics: dict) -> None:
+    """Report the metrics (and the history, as JSON) with a checkpoint written by rank 0."""
+    metrics = {**metrics, "history": json.dumps(history)}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        save_synthetic_checkpoint(Path(d), syn, opt, sched, iteration, history, metrics)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def save_synthetic_checkpoint(d: Path, syn: SyntheticSet, opt, sched, iteration: int, history: list,
+                              metrics: dict | None = None) -> None:
     """Checkpoint directory: ``synthetic.safetensors`` (x, labels, lrs) and ``state.pt`` (to resume)."""
     from safetensors.torch import save_file
 
     save_file({k: v.cpu().contiguous() for k, v in export(syn).items()}, str(d / "synthetic.safetensors"))
     tmp = d / ".state.pt.tmp"
     torch.save({"synthetic": syn.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "iteration": iteration, "history": json.dumps(history)}, tmp)
+                "iteration": iteration, "history": json.dumps(history), "metrics": json.dumps(metrics or {})}, tmp)
     os.replace(tmp, d / "state.pt")  # written last and by rename: a checkpoint with state.pt is complete
 
 
@@ -146,21 +152,25 @@ def read_synthetic_checkpoint(d: Path, device) -> dict:
         raise DamagedCheckpoint(f"{f}: the checkpoint cannot be read ({type(e).__name__}); it is damaged or truncated") from None
 
 
-def distill_on_ray(settings: DatasetDistillSettings, out_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Run the outer loop on a ``TorchTrainer``; return the distilled set and the last reported metrics."""
-    use_gpu = torch.cuda.is_available() if settings.use_gpu is None else settings.use_gpu
-    # what is free now (inside a Tune trial the trial's own driver holds a sliver of a CPU)
-    cpus = int(ray.available_resources().get("CPU", 1))
-    threads = max(1, cpus // settings.num_workers)
+def distill_on_ray(recipe: Recipe, engine: EngineConfig, name: str, storage: Path,
+                   callbacks: list | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Run the outer loop on a ``TorchTrainer`` named ``name`` under ``storage`` (the same name resumes);
+    return the distilled set and the last reported metrics.
+
+    Each worker takes an equal share of the CPUs free now (at least ``engine.cpus_per_worker``) as its
+    torch threads; inside a Tune trial the trial's own driver holds a sliver of a CPU."""
+    use_gpu = cluster_has_gpus() if engine.use_gpu is None else engine.use_gpu
+    free = int(ray.available_resources().get("CPU", 1))
+    cpus = max(engine.cpus_per_worker, float(free // engine.num_workers))
     trainer = TorchTrainer(
         distill_loop_per_worker,
-        train_loop_config={"settings": settings.model_dump(mode="json"), "threads": threads},
-        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": threads}),
-        run_config=RunConfig(name=f"dataset_distill_{tag}_{time.strftime('%Y%m%d-%H%M%S')}",
-                             storage_path=str((out_dir / "ray_train").resolve()),
-                             failure_config=FailureConfig(max_failures=2),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        train_loop_config={"recipe": recipe, "threads": max(1, int(cpus))},
+        scaling_config=ScalingConfig(num_workers=engine.num_workers, use_gpu=bool(use_gpu),
+                                     resources_per_worker={"CPU": cpus}, placement_strategy=engine.placement_strategy),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),
+                             failure_config=FailureConfig(max_failures=engine.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=callbacks, worker_runtime_env=worker_env()),
     )
     result = trainer.fit()
     if result.error is not None:
@@ -176,119 +186,45 @@ def distill_on_ray(settings: DatasetDistillSettings, out_dir: Path, tag: str) ->
 
 # "DEFAULT": never captured into a caller's placement group (e.g. a Tune trial's one-bundle group)
 @ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")
-def evaluate_task(kind: str, settings_json: dict, payload, seed: int | None) -> float:
+def evaluate_task(kind: str, recipe: Recipe, payload, seed: int | None) -> float:
     """kind 'distilled': train on the distilled set (payload) from init ``seed`` (None: the run's own);
-    'random_real': ``payload`` random real samples; 'full': the whole train split."""
+    'random_real': ``payload`` random real samples; 'full': all training rows."""
     torch.set_num_threads(1)
-    settings = DatasetDistillSettings(**settings_json)
     if kind == "distilled":
-        return evaluate_distilled(settings, payload, seed)
+        return evaluate_distilled(recipe, payload, seed)
     if kind == "random_real":
-        return evaluate_random_real(settings, int(payload), int(seed))
-    return evaluate_full_train_set(settings)
+        return evaluate_random_real(recipe, int(payload), int(seed))
+    return evaluate_full_train_set(recipe)
 
 
-def reference_key(settings: DatasetDistillSettings) -> str:
-    return config_hash({"dataset": settings.dataset, "model": settings.model, "model_args": settings.model_args,
-                        "epochs": settings.reference_epochs, "lr": settings.real_lr, "seed": settings.seed,
-                        "max_tokens": settings.max_tokens, "init": settings.init,
-                        "pretrained": settings.pretrained_path})
+def evaluate_distilled_set(recipe: Recipe, distilled: dict[str, torch.Tensor]) -> tuple[list, list]:
+    """Ray tasks: the run's own init (fixed or pretrained; none for random inits) and ``eval_inits`` unseen inits."""
+    own = [evaluate_task.remote("distilled", recipe, distilled, None)] if recipe.settings.init != "random" else []
+    fresh = [evaluate_task.remote("distilled", recipe, distilled, UNSEEN_INIT_SEED + i) for i in range(recipe.settings.eval_inits)]
+    return own, fresh
 
 
-def full_train_set_accuracy(settings: DatasetDistillSettings) -> "float | ray.ObjectRef | None":
-    """Accuracy of the learner trained on the full train split: from the cache, or a Ray task."""
-    if settings.reference_epochs == 0:
-        return None
-    path = cache_dir("dataset_distill", "reference") / f"{reference_key(settings)}.json"
+def evaluate_random_real_sets(recipe: Recipe, n: int) -> list:
+    """Ray tasks: ``eval_inits`` draws of ``n`` random real samples, each trained from a fresh init."""
+    return [evaluate_task.remote("random_real", recipe, n, recipe.seed * 1000 + UNSEEN_INIT_SEED + i)
+            for i in range(recipe.settings.eval_inits)]
+
+
+def _reference_file(recipe: Recipe) -> Path:
+    s = recipe.settings
+    key = config_hash({"data": fingerprint(recipe.data), "model": recipe.learner.name, "model_args": recipe.learner.args,
+                       "epochs": s.reference_epochs, "lr": s.real_lr, "seed": recipe.seed, "init": s.init,
+                       "init_scheme": s.init_scheme, "pretrained": s.pretrained_path})
+    return cache_dir("dataset_distill", "reference") / f"{key}.json"
+
+
+def full_train_set_accuracy(recipe: Recipe) -> "float | ray.ObjectRef":
+    """Accuracy of the learner trained on all training rows: from the cache, or a Ray task computing it."""
+    path = _reference_file(recipe)
     if path.exists():
         return float(json.loads(path.read_text())["accuracy"])
-    return evaluate_task.remote("full", settings.model_dump(mode="json"), None, None)
+    return evaluate_task.remote("full", recipe, None, None)
 
 
-# ----------------------------------------------------------------------------------------------
-# The whole experiment
-# ----------------------------------------------------------------------------------------------
-
-def run(settings: DatasetDistillSettings, out_dir: Path) -> pd.DataFrame:
-    """Distil (soft labels, and the hard-label variant as a baseline), evaluate on fresh networks,
-    compare with random real samples, save the sets and pictures, append results rows."""
-    init_ray()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = D.info(settings.dataset, "dataset_distill.dataset")
-    n = settings.sample_count()
-    if settings.split_per_step and n % settings.steps:
-        raise UserError(f"dataset_distill.split_per_step: {n} samples do not split into {settings.steps} equal steps")
-    if settings.init == "pretrained" and not Path(settings.pretrained_path).exists():
-        raise UserError(f"dataset_distill.pretrained_path: {settings.pretrained_path} does not exist")
-    data = load_real_data(settings.dataset, settings.max_tokens)
-    n_train = len(data.train_y)
-    cfg_hash = config_hash(settings.model_dump(mode="json"))
-    sj = settings.model_dump(mode="json")
-    common = dict(dataset=settings.dataset, eval_split=f"{settings.dataset} test split", student=settings.model, params=n,
-                  teacher="full training set",
-                  teacher_params=n_train, seed=settings.seed, cfg_hash=cfg_hash)
-
-    variants = [("soft" if settings.learn_labels else "hard", settings)]
-    if settings.baselines and settings.learn_labels:
-        variants.append(("hard", settings.model_copy(update={"learn_labels": False, "label_init": "onehot"})))
-
-    pending = []  # (method, t_start, extra, accuracy refs)
-    for tag, s in variants:
-        t0 = time.time()
-        print(f"[dataset_distill] {tag} labels: distilling {settings.dataset} into {n} samples "
-              f"({s.init} init, {s.steps} steps x {s.epochs} epochs, {s.outer_iterations} outer iterations, "
-              f"{s.num_workers} worker(s))", flush=True)
-        distilled, metrics = distill_on_ray(s, out_dir, tag)
-        theta0 = None if s.init == "random" else starting_params(s, build_learner(s, data.num_classes))
-        save_distilled(out_dir / f"distilled_{tag}.safetensors", distilled, s, data, theta0)
-        if data.kind == "image":
-            plot_images(out_dir / f"distilled_{tag}.png", distilled, data, info.class_names or
-                        tuple(str(c) for c in range(data.num_classes)), f"{settings.dataset}: {n} samples, {tag} labels")
-        else:
-            write_sentences(out_dir / f"distilled_{tag}.txt", distilled, data, info.class_names)
-        distill_s = time.time() - t0
-        sj_v = s.model_dump(mode="json")
-        own = [evaluate_task.remote("distilled", sj_v, distilled, None)] if s.init != "random" else []
-        fresh = [evaluate_task.remote("distilled", sj_v, distilled, UNSEEN_INIT_SEED + i) for i in range(s.eval_inits)]
-        extra = {"labels": tag, "init": s.init, "samples": n, "steps": s.steps, "epochs": s.epochs,
-                 "outer_iterations": s.outer_iterations, "sec_per_outer_iter": metrics.get("sec_per_iter"),
-                 "cpu_sec_per_outer_iter": metrics.get("cpu_sec_per_iter"),
-                 "distill_time_s": distill_s, "final_outer_loss": metrics.get("loss"), "num_workers": s.num_workers,
-                 "learned_lrs": [round(float(v), 5) for v in distilled["lrs"]],
-                 "label_min": float(distilled["labels"].min()),
-                 "history": json.loads(metrics.get("history", "[]"))}
-        pending.append((f"dataset_distill[{tag}]", t0, extra, own, fresh))
-
-    reference = full_train_set_accuracy(settings)  # launched after distilling: it would hold a CPU the trainer needs
-    if settings.baselines:
-        t0 = time.time()
-        fresh = [evaluate_task.remote("random_real", sj, n, settings.seed * 1000 + UNSEEN_INIT_SEED + i)
-                 for i in range(settings.eval_inits)]
-        pending.append(("random_real", t0, {"labels": "hard", "samples": n, "train_steps": settings.real_train_steps,
-                                            "optimizer": f"Adam lr {settings.real_lr}, full batch"}, [], fresh))
-
-    if isinstance(reference, ray.ObjectRef):
-        acc_ref = float(ray.get(reference))
-        atomic_write_bytes(cache_dir("dataset_distill", "reference") / f"{reference_key(settings)}.json",
-                           json.dumps({"accuracy": acc_ref, "settings": sj}).encode())
-        reference = acc_ref
-    if reference is not None:
-        print(f"[dataset_distill] {settings.model} trained on the full train set ({n_train} samples): "
-              f"test accuracy {reference:.4f}", flush=True)
-
-    rows = []
-    for method, t0, extra, own, fresh in pending:
-        fresh_accs = [float(a) for a in ray.get(fresh)]
-        extra.update({"unseen_init_acc_mean": float(np.mean(fresh_accs)), "unseen_init_acc_std": float(np.std(fresh_accs)),
-                      "unseen_inits": len(fresh_accs)})
-        acc = float(ray.get(own[0])) if own else float(np.mean(fresh_accs))
-        if own:
-            extra["own_init_acc"] = acc
-        rows.append(make_row(method=method, accuracy=acc, teacher_accuracy=reference, wall_time_s=time.time() - t0,
-                             extra=extra, **common))
-        spread = f" (+- {np.std(fresh_accs):.4f} over {len(fresh_accs)} inits)" if not own else \
-            f" (unseen inits: {np.mean(fresh_accs):.4f} +- {np.std(fresh_accs):.4f})"
-        print(f"[dataset_distill] {method}: {n} samples -> test accuracy {acc:.4f}{spread}", flush=True)
-    append_rows(out_dir, rows)
-    return pd.DataFrame(rows)
+def remember_full_train_set_accuracy(recipe: Recipe, accuracy: float) -> None:
+    atomic_write_bytes(_reference_file(recipe), json.dumps({"accuracy": accuracy}).encode())

@@ -6,7 +6,8 @@ layer, the first round(m_w * H) attention heads and the first round(m_w * I) FFN
 depth multiplier m_d keeps round(m_d * N) of the N layers, dropping every (N / dropped)-th layer
 (for N = 12, m_d = 0.75: layers 4, 8, 12 go, as in the paper).
 
-1. Start from the fine-tuned teacher (MiniLM-L6-H384 here; cached by ``ensure_teacher``).
+1. Start from the fine-tuned ``teacher:`` (MiniLM-L6-H384 by default; trained once on the full
+   training split and cached by :func:`raykd.distill.kd.ensure_teacher`).
 2. Network rewiring: score each head and neuron by the first-order change in the loss when it is
    removed, I = |sum_{w in its output weights} w * dL/dw| (removing head h zeroes its columns of the
    attention output projection W_O; removing neuron j zeroes column j of the FFN output W_2),
@@ -14,8 +15,9 @@ depth multiplier m_d keeps round(m_d * N) of the N layers, dropping every (N / d
    layer (the function of the full network is unchanged).
 3. Adaptive training on the Ray Train engine: every step, every (m_w, m_d) sub-network distils from
    the fixed teacher and the gradients of all sub-networks are summed (Alg. 1 of the paper), with
-       DynaBERT: L = lambda1 * SCE(z_s, z_t) + lambda2 * sum_l MSE(h_s^l, h_t^l)  (``kd`` + ``hidden_mse``)
-       CKD:      L = KD_T(z_s, z_t) + w1 WR_pair + w2 WR_triple + w3 LTR_pair + w4 LTR_triple
+   the ``losses:`` of the config, e.g.
+       DynaBERT (default): L = lambda1 * SCE(z_s, z_t) + lambda2 * sum_l MSE(h_s^l, h_t^l)  (``kd`` + ``hidden_mse``)
+       CKD:                L = KD_T(z_s, z_t) + w1 WR_pair + w2 WR_triple + w3 LTR_pair + w4 LTR_triple
    where a kept layer is matched to the teacher layer at the same original position.
    (The paper trains width first and then width + depth with the width-adaptive model as teacher;
    here both are trained in one stage from the fixed teacher, a simplification for small budgets.)
@@ -23,6 +25,12 @@ depth multiplier m_d keeps round(m_d * N) of the N layers, dropping every (N / d
    fewer FFN neurons; dropped heads are zero rows/columns because a BERT config has one head size
    derived from the width), evaluated on the test split, saved with ``save_pretrained`` and recorded
    as its own results row whose size is the sub-network's own parameters (dropped heads not counted).
+   Rows are labelled ``dynabert-ckd`` when the losses include CKD relations, else ``dynabert-dynabert``.
+
+Config: the shared ``data``, ``teacher``, ``losses``, ``train`` and ``engine`` sections, and
+``dynabert:`` (widths, depths, importance batches, seeds). Items of a run (a rerun skips those done):
+``teacher``, ``adaptive-seed<s>`` (the Train run; the trained adaptive model is kept in
+``students/adaptive-seed<s>/``) and one ``width<w>-depth<d>[-seed<s>]`` per sub-network.
 """
 
 from __future__ import annotations
@@ -33,61 +41,57 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 
-from raykd.config import (DataConfig, DistillConfig, EngineConfig, FieldError, LossSpec, MetricConfig, ModelSpec,
-                          Strict, TeacherConfig, TrainConfig)
-from raykd.distill.base import METHODS, ClassifyMethod, TaskSpec
+from raykd.config import DataConfig, LossSpec, ModelSpec, TeacherConfig, TrainConfig, model_shape
+from raykd.distill.kd import ensure_teacher, load_trained, save_student, write_data_description
 from raykd.distill.lm import MINILM_TEACHER_TRAIN
 from raykd.engine.checkpoint import load_weights, save_weights, unwrap
-from raykd.losses import NEEDS, WeightedLoss
+from raykd.engine.task import ClassifyTask, TaskSpec, TeacherRef, build_task
+from raykd.engine.trainer import fit
+from raykd.losses import LOSSES, NEEDS, WeightedLoss
+from raykd.method import register_method
+from raykd.models.size import cpu_latency_ms, macs_per_example, size_report
+from raykd.paths import atomic_write_bytes
+from raykd.results import make_row
+from raykd.schema import FieldError, Strict
 
 # ----------------------------------------------------------------------------------------------
-# Settings
+# Settings: the dynabert: section and the defaults of the shared sections
 # ----------------------------------------------------------------------------------------------
 
-def _default_teacher() -> TeacherConfig:
+BERT_TEACHERS = ("minilm-l6", "bert")
+CKD_RELATIONS = ("wr_pair", "wr_triple", "ltr_pair", "ltr_triple")
+
+
+def default_teacher() -> TeacherConfig:
     return TeacherConfig(name="minilm-l6", train=TrainConfig(**MINILM_TEACHER_TRAIN))
 
 
-def _dynabert_losses() -> list[LossSpec]:
+def dynabert_losses() -> list[LossSpec]:
+    """DynaBERT's objective: logits (kd, T = 1) + hidden-state MSE."""
     return [LossSpec(name="kd", weight=1.0, temperature=1.0), LossSpec(name="hidden_mse", weight=1.0)]
 
 
-def _ckd_losses() -> list[LossSpec]:
-    """KD at T = 4 plus the four relations, weighted as in benchmarks/lm_distill.py."""
-    return [LossSpec(name="kd", weight=1.0, temperature=4.0), LossSpec(name="wr_pair", weight=100.0),
-            LossSpec(name="wr_triple", weight=100.0, window=21), LossSpec(name="ltr_pair", weight=100.0),
-            LossSpec(name="ltr_triple", weight=10.0)]
+def default_train() -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=32, lr=5e-5, optimizer="adamw", schedule="linear", warmup_fraction=0.1)
 
 
 class DynaBertSettings(Strict):
-    """The ``dynabert:`` section of a config (``{name, method: dynabert, output_dir, dynabert: {...}}``)."""
+    """``dynabert:`` what is DynaBERT's own (the shared sections say what is distilled, and how)."""
 
-    data: DataConfig = Field(default_factory=lambda: DataConfig(name="movie_reviews", max_length=32),
-                             description="text dataset; train_subset/test_subset apply to adaptive training and evaluation")
-    teacher: TeacherConfig = Field(default_factory=_default_teacher,
-                                   description="BERT teacher fine-tuned on the full training split (cached)")
     widths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], min_length=1, description="width multipliers m_w")
     depths: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0], min_length=1, description="depth multipliers m_d")
-    loss: Literal["dynabert", "ckd"] = Field("dynabert", description="which objective the sub-networks distil with")
-    dynabert_losses: list[LossSpec] = Field(default_factory=_dynabert_losses, min_length=1,
-                                            description="DynaBERT's objective: logits (kd, T=1) + hidden-state MSE")
-    ckd_losses: list[LossSpec] = Field(default_factory=_ckd_losses, min_length=1,
-                                       description="the CKD objective: kd + wr_pair + wr_triple + ltr_pair + ltr_triple")
     importance_batches: int = Field(16, ge=1, description="training batches used to score heads and neurons")
     importance_batch_size: int = Field(32, ge=1)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, batch_size=32, lr=5e-5, optimizer="adamw",
-                                                                   schedule="linear", warmup_fraction=0.1))
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="one adaptive model per seed")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="one adaptive model per seed (its training and rewiring seed, plus the top-level seed)")
 
     @field_validator("widths", "depths")
     @classmethod
@@ -100,32 +104,44 @@ class DynaBertSettings(Strict):
             raise ValueError(f"must include 1.0 (the full network, whose step trains every weight), got {v}")
         return sorted(v)
 
-    @model_validator(mode="after")
-    def _check(self):
-        if self.teacher.name not in ("minilm-l6", "bert"):
-            raise ValueError(f"teacher.name: DynaBERT adapts a BERT teacher (minilm-l6 or bert), got {self.teacher.name!r}")
-        from raykd.data import info
-        from raykd.distill.lm import bert_shape
-        from raykd.losses import LOSSES
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
 
-        if self.data.name != "user" and info(self.data.name).kind != "text":
-            raise ValueError(f"data.name: DynaBERT needs a text dataset, {self.data.name!r} is not one")
-        shallowest = kept_count(bert_shape(self.teacher.name, self.teacher.args)["num_layers"], self.depths[0])
-        field = "ckd_losses" if self.loss == "ckd" else "dynabert_losses"
-        for i, spec in enumerate(self.losses):
-            if "layer_map" in spec and "hidden_states" in NEEDS.get(spec["name"], set()):
-                raise FieldError(f"{field}.{i}.layer_map", "DynaBERT matches every kept layer to the teacher layer at "
-                                 "its original position, so a layer_map is not used; remove it")
-            need = getattr(LOSSES.get(spec["name"]), "min_layers", 1)
-            if shallowest + 1 < need:
-                raise ValueError(f"{field}[{i}]: {spec['name']} needs {need} matched layers, but the shallowest "
-                                 f"sub-network (depth {self.depths[0]:g}) has {shallowest} layers + embeddings; "
-                                 "raise the smallest depth or drop this loss")
-        return self
 
-    @property
-    def losses(self) -> list[dict]:
-        return [l.as_dict() for l in (self.ckd_losses if self.loss == "ckd" else self.dynabert_losses)]
+def objective(losses: list[LossSpec]) -> str:
+    """``ckd`` when the losses include CKD relations, else ``dynabert`` (the label of the rows)."""
+    return "ckd" if any(l.name in CKD_RELATIONS for l in losses) else "dynabert"
+
+
+def check(cfg) -> None:
+    """Across sections: a BERT teacher on text, losses the sub-networks can compute, seeds in one place."""
+    from raykd.data import info
+
+    if cfg.teacher.name not in BERT_TEACHERS:
+        raise FieldError("teacher.name", f"DynaBERT adapts a BERT teacher ({' or '.join(BERT_TEACHERS)}), got {cfg.teacher.name!r}")
+    if cfg.data.name != "user" and info(cfg.data.name).kind != "text":
+        raise FieldError("data.name", f"DynaBERT needs a text dataset, {cfg.data.name!r} is not one")
+    if cfg.train.seed != 0:
+        raise FieldError("train.seed", "DynaBERT trains one adaptive model per dynabert.seeds entry; set the seeds there")
+    layers = model_shape(cfg.teacher).get("num_layers")
+    shallowest = kept_count(layers, cfg.dynabert.depths[0]) if layers else None
+    for i, spec in enumerate(cfg.losses):
+        needs = NEEDS.get(spec.name, set())
+        if "attentions" in needs:
+            raise FieldError(f"losses.{i}.name", f"{spec.name} reads attention maps, which the sub-networks do not "
+                             "output; use logit and hidden-state losses (kd, hidden_mse, CKD relations)")
+        if "layer_map" in spec.params and "hidden_states" in needs:
+            raise FieldError(f"losses.{i}.layer_map", "DynaBERT matches every kept layer to the teacher layer at "
+                             "its original position, so a layer_map is not used; remove it")
+        need = getattr(LOSSES.get(spec.name), "min_layers", 1)
+        if "hidden_states" in needs and shallowest is not None and shallowest + 1 < need:
+            raise FieldError(f"losses.{i}", f"{spec.name} needs {need} matched layers, but the shallowest sub-network "
+                             f"(depth {cfg.dynabert.depths[0]:g}) has {shallowest} layers + embeddings; raise the "
+                             "smallest depth or drop this loss")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,13 +346,12 @@ def subnetwork_params(net: nn.Module, width: float, depth: float) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# The method on the Ray Train engine
+# What the Ray Train workers run: adaptive training of every sub-network at once
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class AdaptiveSpec:
-    """What the workers need beyond the TaskSpec. (Defined here, so unpickling a task that carries it
-    imports this module in every worker, which registers the ``dynabert`` method there.)"""
+    """What the workers need beyond the TaskSpec (carried in ``TaskSpec.extra["adaptive"]``)."""
 
     widths: tuple[float, ...]
     depths: tuple[float, ...]
@@ -371,23 +386,25 @@ def _key(m: float) -> str:
     return f"{m:g}".replace(".", "_")
 
 
-class DynaBertMethod(ClassifyMethod):
+class DynaBertTask(ClassifyTask):
     """Adaptive training: one forward pass yields every sub-network; the step minimises the sum of
     their distillation losses, so the gradient is the sum of the sub-networks' gradients."""
 
-    def __init__(self, task: TaskSpec):
-        super().__init__(task)
-        self.spec: AdaptiveSpec = task.extra["adaptive"]
+    def __init__(self, spec: TaskSpec):
+        super().__init__(spec)
+        self.adaptive: AdaptiveSpec = spec.extra["adaptive"]
 
     def build_student(self) -> nn.Module:
         net = super().build_student()
-        load_weights(net, self.spec.init_weights)
+        load_weights(net, self.adaptive.init_weights)
         return DynaBert(net)
 
     def build_loss(self, student: nn.Module, teacher: nn.Module | None = None) -> SubnetLoss:
         net = unwrap(student).net
-        return SubnetLoss(self.task.losses, self.spec.depths, net.config.num_hidden_layers,
-                          self.loss_context(net, teacher))
+        context = self.loss_context(net, teacher)
+        if teacher is None:
+            context |= self.teacher_context()
+        return SubnetLoss(self.spec.loss_dicts(), self.adaptive.depths, net.config.num_hidden_layers, context)
 
     def forward(self, model: nn.Module, batch: dict, needs: set[str] = frozenset()) -> dict:
         if isinstance(unwrap(model), DynaBert):  # evaluation during training: the full network
@@ -395,122 +412,134 @@ class DynaBertMethod(ClassifyMethod):
         return super().forward(model, batch, needs)
 
     def loss(self, student: nn.Module, loss_fn: SubnetLoss, batch: dict, teacher_out: dict | None):
-        outs = student(batch["input_ids"], batch["attention_mask"], self.spec.subnets)
+        outs = student(batch["input_ids"], batch["attention_mask"], self.adaptive.subnets)
         total, logs = 0.0, {}
-        for (w, d), out in zip(self.spec.subnets, outs):
+        for (w, d), out in zip(self.adaptive.subnets, outs):
             value, _ = loss_fn.for_depth(d)(out, teacher_out, batch)
             total = total + value  # sum over sub-networks (gradient accumulation in the paper)
             logs[f"w{w:g}_d{d:g}"] = float(value.detach())
         return total, logs
 
 
-METHODS.register("dynabert", DynaBertMethod)
-
-
 # ----------------------------------------------------------------------------------------------
-# run(): teacher, rewiring, adaptive training, one results row per sub-network
+# run(): teacher, then per seed rewiring + adaptive training, one results row per sub-network
 # ----------------------------------------------------------------------------------------------
 
-def _teacher_cfg(settings: DynaBertSettings) -> DistillConfig:
-    """The ``kd`` config whose teacher we reuse: trained on the full training split, so the teacher
-    is shared (cached) with ``lm_*`` configs of the same recipe."""
-    data = settings.data.model_copy(update={"train_subset": None, "test_subset": None})
-    return DistillConfig(data=data, teacher=settings.teacher, engine=settings.engine, allow_larger_student=True,
-                         students=[ModelSpec(name=settings.teacher.name, args=settings.teacher.args)])
-
-
-def rewire(settings: DynaBertSettings, teacher_weights: str, method: ClassifyMethod, arrays: dict, seed: int,
-           out: Path) -> tuple[Path, dict]:
-    """Score heads and neurons on training batches, reorder them, save the rewired network."""
-    net = method.build_student()
-    load_weights(net, teacher_weights)
-    rng = np.random.default_rng(seed)
-    bs = settings.importance_batch_size
-    n = min(len(arrays["label"]), settings.importance_batches * bs)
-    idx = rng.permutation(len(arrays["label"]))[:n]
-    batches = [method.batch(arrays, np.sort(idx[i:i + bs])) for i in range(0, n, bs)]
+def rewire(cfg, task: ClassifyTask, teacher_weights: str, seed: int, out: Path) -> Path:
+    """Score heads and neurons on training batches, reorder them, save the rewired network (and its
+    head importance) in ``out``."""
+    net = load_weights(task.build_student(), teacher_weights)
+    arrays = task.load_split("train")
+    torch.manual_seed(seed)
+    bs = cfg.dynabert.importance_batch_size
+    n = min(len(arrays["label"]), cfg.dynabert.importance_batches * bs)
+    idx = np.random.default_rng(seed).permutation(len(arrays["label"]))[:n]
+    batches = [task.batch(arrays, np.sort(idx[i:i + bs])) for i in range(0, n, bs)]
     head, neuron = importance_scores(net, batches)
     reorder_(net, head, neuron)
-    path = save_weights(net, out / "rewired.safetensors")
-    return path, {"head_importance": head.tolist()}
+    atomic_write_bytes(out / "importance.json", json.dumps({"head_importance": head.tolist()}).encode())
+    return save_weights(net, out / "rewired.safetensors")
 
 
-def run(settings: DynaBertSettings, out_dir: str | Path, metric: MetricConfig | None = None,
-        name: str = "dynabert") -> pd.DataFrame:
-    """Train one adaptive model per seed; returns the results rows (also appended to ``out_dir``)."""
-    from raykd.distill.kd import ensure_teacher, save_student
-    from raykd.engine.trainer import fit
-    from raykd.models.size import cpu_latency_ms, macs_per_example, size_report
-    from raykd.report import report
-    from raykd.results import append_rows, config_hash, make_row
+def train_adaptive(cfg, ctx, base: TaskSpec, seed: int) -> tuple[DynaBert, dict]:
+    """The adaptive model of ``seed``: rewired from the teacher and trained on Ray Train (a Train run
+    named after its item, so a rerun resumes it), then kept in ``students/adaptive-seed<s>/``, where
+    a later rerun loads it instead of training again."""
+    item = f"adaptive-seed{seed}"
+    out = ctx.students_dir / item
+    spec = base.model_copy(update={
+        "kind": DynaBertTask, "train": cfg.train.model_copy(update={"seed": cfg.seed + seed}),
+        "extra": {"adaptive": AdaptiveSpec(tuple(cfg.dynabert.widths), tuple(cfg.dynabert.depths),
+                                           str(out / "rewired.safetensors"))}})
+    if (out / "meta.json").exists():  # trained by an earlier attempt
+        print(f"[raykd] {item}: trained in an earlier attempt, loaded from {out}", flush=True)
+        model = load_weights(DynaBert(build_task(base).build_student()), out / "model.safetensors")
+        return model, json.loads((out / "meta.json").read_text())
+    if not (out / "rewired.safetensors").exists():
+        rewire(cfg, build_task(base), base.teacher.weights, cfg.seed + seed, out)
+    subnets = spec.extra["adaptive"].subnets
+    print(f"[raykd] {item} ({objective(cfg.losses)}): {len(subnets)} sub-networks, "
+          f"{' + '.join(f'{l.weight}*{l.name}' for l in cfg.losses)}", flush=True)
+    t0 = time.time()
+    result = fit(spec, cfg.engine, ctx.ray_name(item), ctx.storage, label=f"dynabert-{objective(cfg.losses)} seed {seed}",
+                 callbacks=ctx.train_callbacks(item))
+    model = load_trained(spec, result)
+    save_weights(model, out / "model.safetensors")
+    meta = {"train_time_s": time.time() - t0, "full_accuracy": result.metrics["accuracy"], "seed": spec.train.seed}
+    atomic_write_bytes(out / "meta.json", json.dumps(meta).encode())
+    return model, meta
 
-    metric = metric or MetricConfig()
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    storage = Path(settings.engine.storage_path or out / "ray").resolve()
-    chash = config_hash(settings.model_dump())
-    run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tcfg = _teacher_cfg(settings)
-    teacher = ensure_teacher(tcfg, storage)
-    t_spec = {"name": settings.teacher.name, "args": settings.teacher.args, "weights": teacher["weights"]}
-    base_task = TaskSpec(dataset=settings.data.model_dump(), student={"name": settings.teacher.name, "args": settings.teacher.args},
-                         teacher=t_spec, losses=settings.losses, train=settings.train.model_dump())
-    method = ClassifyMethod(base_task)
-    test = method.load_split("test")
-    train_arrays = method.load_split("train")
-    t_model = load_weights(method.build_student(), teacher["weights"])
-    example = method.example_input(test)
-    t_size = size_report(t_model, example, latency=False)
-    t_eval = method.evaluate(t_model, test)
-    t_acc = t_eval["correct"] / t_eval["count"]
-    teacher_label = settings.teacher.display
-    common = dict(dataset=settings.data.name, teacher=teacher_label, teacher_params=t_size["params"],
-                  teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"], teacher_accuracy=t_acc,
-                  a=metric.a, size=metric.size, cfg_hash=chash, run_id=run_id, eval_split=method.data.eval_split)
-    append_rows(out, [make_row(method="teacher", student=teacher_label, params=t_size["params"], bytes=t_size["bytes"],
-                               macs=t_size["macs"], accuracy=t_acc, seed=settings.teacher.train.seed, **common)])
-    print(f"[raykd] teacher {teacher_label}: test accuracy {t_acc:.4f} on this test split", flush=True)
 
-    for seed in settings.seeds:
-        torch.manual_seed(seed)
-        seed_dir = out / f"seed{seed}"
-        t0 = time.time()
-        init, info = rewire(settings, teacher["weights"], method, train_arrays, seed, seed_dir)
-        spec = AdaptiveSpec(tuple(settings.widths), tuple(settings.depths), str(init))
-        task = TaskSpec(dataset=settings.data.model_dump(), student=base_task.student, teacher=t_spec,
-                        losses=settings.losses, train=settings.train.model_dump() | {"seed": seed},
-                        method="dynabert", extra={"adaptive": spec})
-        print(f"[raykd] dynabert ({settings.loss}) seed {seed}: {len(spec.subnets)} sub-networks, "
-              f"{' + '.join(str(d.get('weight', 1)) + '*' + d['name'] for d in settings.losses)}", flush=True)
-        result = fit(task, settings.engine.model_dump(), f"{name}-{settings.loss}-s{seed}-{chash}", storage,
-                     label=f"dynabert-{settings.loss}")
-        wall = time.time() - t0
-        adaptive = DynaBertMethod(task).build_student()
-        with result.checkpoint.as_directory() as d:
-            load_weights(adaptive, Path(d) / "model.safetensors")
+def teacher_row(cfg, ctx, task: ClassifyTask, common: dict) -> dict:
+    """The teacher's row, evaluated on this run's test split (the sub-networks' split); recorded once."""
+    row = ctx.done("teacher")
+    if row is not None:
+        return row
+    model = load_weights(task.build_student(), task.spec.teacher.weights)
+    test = task.load_split("test")
+    size = size_report(model, task.example_input(test), latency=False)
+    ev = task.evaluate(model, test)
+    acc = ev["correct"] / ev["count"]
+    row = make_row(method="teacher", item="teacher", student=cfg.teacher.display, params=size["params"], bytes=size["bytes"],
+                   macs=size["macs"], accuracy=acc, seed=cfg.teacher.train.seed, teacher_params=size["params"],
+                   teacher_bytes=size["bytes"], teacher_macs=size["macs"], teacher_accuracy=acc, **common)
+    ctx.record([row])
+    print(f"[raykd] teacher {cfg.teacher.display}: test accuracy {row['accuracy']:.4f} on this test split", flush=True)
+    return row
+
+
+def subnet_row(ctx, adaptive: DynaBert, width: float, depth: float, item: str, task: ClassifyTask, **row) -> dict:
+    """Extract one sub-network, evaluate it on the test split, save it (``students/<item>``) and
+    measure it (its own parameters, MACs and latency); its results row."""
+    test = task.load_split("test")
+    example = task.example_input(test)
+    sub = extract_subnetwork(adaptive.net, width, depth)
+    ev = task.evaluate(sub, test)
+    params = subnetwork_params(adaptive.net, width, depth)
+    view = SubNetwork(adaptive, width, depth)
+    save_student(sub, ctx.students_dir / item, task)
+    s = subnet_shape(adaptive.net.config, width, depth)
+    extra = row.pop("extra") | {"width": width, "depth": depth, "heads": s.heads, "neurons": s.neurons, "layers": s.layers,
+                                "latency_ms": cpu_latency_ms(view, example),
+                                "saved_params": sum(p.numel() for p in sub.parameters())}
+    return make_row(item=item, student=f"dynabert w{width:g} d{depth:g}", params=params, bytes=4 * params,
+                    macs=macs_per_example(view, example), accuracy=ev["correct"] / ev["count"], extra=extra, **row)
+
+
+def subnet_item(width: float, depth: float, seed: int, seeds: list[int]) -> str:
+    return f"width{width:g}-depth{depth:g}" + (f"-seed{seed}" if len(seeds) > 1 else "")
+
+
+@register_method("dynabert", settings=DynaBertSettings, check=check,
+                 sections={"data": lambda: DataConfig(name="movie_reviews", max_length=32), "teacher": default_teacher,
+                           "losses": dynabert_losses, "train": default_train, "engine": None})
+def run(cfg, ctx) -> list[dict]:
+    """Width/depth-adaptive BERT students (DynaBERT) distilled from a BERT teacher on Ray Train."""
+    full = cfg.data.model_copy(update={"train_subset": None, "test_subset": None})  # the teacher is shared with lm_* runs
+    teacher = ensure_teacher(full, cfg.teacher, cfg.engine, ctx.storage)
+    base = TaskSpec(dataset=cfg.data, student=ModelSpec(name=cfg.teacher.name, args=cfg.teacher.args),
+                    teacher=TeacherRef(name=cfg.teacher.name, args=cfg.teacher.args, weights=teacher["weights"]),
+                    losses=cfg.losses, train=cfg.train)
+    task = build_task(base)
+    write_data_description(ctx.out_dir, task.data)
+    common = dict(dataset=cfg.data.name, teacher=cfg.teacher.display, a=cfg.metric.a, size=cfg.metric.size,
+                  cfg_hash=ctx.run_id.rsplit("-", 1)[-1], eval_split=task.data.eval_split)
+    t = teacher_row(cfg, ctx, task, common)
+    common |= dict(teacher_params=t["params"], teacher_bytes=t["bytes"], teacher_macs=t["macs"], teacher_accuracy=t["accuracy"])
+    label = f"dynabert-{objective(cfg.losses)}"
+    for seed in cfg.dynabert.seeds:
+        items = {(w, d): subnet_item(w, d, seed, cfg.dynabert.seeds) for d in cfg.dynabert.depths for w in cfg.dynabert.widths}
+        todo = {wd: item for wd, item in items.items() if ctx.done(item) is None}
+        if not todo:
+            print(f"[raykd] seed {seed}: every sub-network done in an earlier attempt", flush=True)
+            continue
+        adaptive, meta = train_adaptive(cfg, ctx, base, seed)
         adaptive.eval()
-        rows = []
-        for w, d in spec.subnets:
-            sub = extract_subnetwork(adaptive.net, w, d)
-            ev = method.evaluate(sub, test)
-            acc = ev["correct"] / ev["count"]
-            params = subnetwork_params(adaptive.net, w, d)
-            view = SubNetwork(adaptive, w, d)
-            macs = macs_per_example(view, example)
-            label = f"dynabert w{w:g} d{d:g}"
-            save_student(sub, seed_dir / "students" / f"w{w:g}_d{d:g}", method)
-            s = subnet_shape(adaptive.net.config, w, d)
-            rows.append(make_row(method=f"dynabert-{settings.loss}", student=label, params=params, bytes=4 * params,
-                                 macs=macs, accuracy=acc, wall_time_s=wall, seed=seed, **common,
-                                 extra={"width": w, "depth": d, "heads": s.heads, "neurons": s.neurons,
-                                        "layers": s.layers, "latency_ms": cpu_latency_ms(view, example),
-                                        "saved_params": sum(p.numel() for p in sub.parameters()),
-                                        "losses": settings.losses, "epochs": settings.train.epochs,
-                                        "train_subset": settings.data.train_subset}))
-            print(f"[raykd] {label}: accuracy {acc:.4f} (teacher {t_acc:.4f}), params {params:,}, "
-                  f"DS {rows[-1]['ds']:.4f}", flush=True)
-        (seed_dir / "importance.json").write_text(json.dumps(info))
-        df = append_rows(out, rows)
-    df = df[df["run_id"] == run_id]
-    report(out, df=df, a=metric.a, size=metric.size)
-    return df
+        for (w, d), item in todo.items():
+            row = subnet_row(ctx, adaptive, w, d, item, task, method=label, wall_time_s=meta["train_time_s"],
+                             seed=meta["seed"], **common, extra={"losses": base.loss_dicts(), "epochs": cfg.train.epochs,
+                                                                 "train_subset": cfg.data.train_subset})
+            ctx.record([row])
+            print(f"[raykd] {item}: accuracy {row['accuracy']:.4f} (teacher {t['accuracy']:.4f}), "
+                  f"params {row['params']:,}, DS {row['ds']:.4f}", flush=True)
+    return ctx.rows().to_dict("records")

@@ -13,33 +13,49 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
-import torch
+from pydantic import Field
 
 from raykd.cache import entry
-from raykd.config import DistillConfig
-from raykd.distill.base import TaskSpec, build_method
+from raykd.config import DataConfig, EngineConfig, LossSpec, ModelSpec, TeacherConfig, check_layer_maps
+from raykd.data.prepare import fingerprint
+from raykd.distill.lm import STUDENT_INITS, check_student_init
 from raykd.engine.checkpoint import load_weights, save_weights
+from raykd.engine.task import ClassifyTask, TaskSpec, TeacherRef, build_task
 from raykd.engine.trainer import fit
-from raykd.models.size import size_report
+from raykd.method import register_method
+from raykd.models.size import param_count_on_meta, size_report
 from raykd.paths import atomic_write_bytes, cache_dir
-from raykd.results import append_rows, config_hash, make_row
+from raykd.results import config_hash, make_row
+from raykd.schema import Strict
 
 
-def dataset_fingerprint(data: dict) -> dict:
-    """What identifies the training data: registry name + subset, or a user file's size and mtime."""
-    fp = {k: data.get(k) for k in ("name", "train_subset", "test_subset", "max_length", "format",
-                                   "text_column", "label_column", "image_shape", "num_classes", "split_seed")}
-    if data.get("name") == "user" and not data.get("test_path"):
-        fp["test_fraction"] = data.get("test_fraction")  # the hold-out decides which rows are trained on
-    for key in ("path", "test_path"):
-        if data.get(key):
-            p = Path(data[key]).expanduser()
-            st = p.stat() if p.exists() else None
-            fp[key] = [str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None]
-    return fp
+class KDSettings(Strict):
+    """``kd:`` what is kd's own (the shared sections say what is distilled into what, and how)."""
+
+    baseline_scratch: bool = Field(False, description="also train each student from scratch with CE on the same budget")
+    allow_larger_student: bool = Field(False, description="permit a student with more parameters than its teacher")
+    student_init: Literal[STUDENT_INITS] = Field(  # type: ignore[valid-type]
+        "random", description="BERT students: random weights, or the teacher's embeddings + uniformly skipped layers (equal widths)")
+
+
+def check_sizes(teacher: ModelSpec, students: list[ModelSpec], data: DataConfig) -> None:
+    """A student with more parameters than its teacher is almost always a config mistake."""
+    t = param_count_on_meta(teacher.name, teacher.args, data.num_classes)
+    for i, s in enumerate(students):
+        n = param_count_on_meta(s.name, s.args, data.num_classes)
+        if t is not None and n is not None and n > t:
+            raise ValueError(f"students.{i} has {n:,} parameters, more than the teacher's {t:,}; "
+                             "shrink it or set kd.allow_larger_student: true")
+
+
+def check(cfg) -> None:
+    if not cfg.kd.allow_larger_student:
+        check_sizes(cfg.teacher, cfg.students, cfg.data)
+    check_student_init(cfg.kd.student_init, cfg.teacher, cfg.students)
+    check_layer_maps(cfg.losses, "losses", cfg.teacher, cfg.students)
 
 
 def model_code_fingerprint(name: str) -> str:
@@ -53,51 +69,50 @@ def model_code_fingerprint(name: str) -> str:
     return hashlib.sha256(src.encode()).hexdigest()[:12]
 
 
-def teacher_task(cfg: DistillConfig) -> TaskSpec:
-    t = cfg.teacher
-    return TaskSpec(dataset=cfg.data.model_dump(), student={"name": t.name, "args": t.args},
-                    losses=[{"name": "ce", "weight": 1.0}], train=t.train.model_dump())
+def teacher_task(data: DataConfig, teacher: TeacherConfig) -> TaskSpec:
+    return TaskSpec(dataset=data, student=ModelSpec(name=teacher.name, args=teacher.args),
+                    losses=[LossSpec(name="ce")], train=teacher.train)
 
 
-def ensure_teacher(cfg: DistillConfig, storage: Path) -> dict:
-    """Path and test accuracy of the trained teacher, training it once if it is not cached."""
-    task = teacher_task(cfg)
-    if cfg.teacher.checkpoint:
-        method = build_method(task)
-        model = load_weights(method.build_student(), cfg.teacher.checkpoint)
-        test = method.load_split("test")
-        ev = method.evaluate(model, test)
-        return {"weights": str(Path(cfg.teacher.checkpoint).resolve()), "accuracy": ev["correct"] / ev["count"], "cached": True}
-    key = config_hash({"teacher": {"name": cfg.teacher.name, "args": cfg.teacher.args, "train": cfg.teacher.train.model_dump()},
-                       "data": dataset_fingerprint(cfg.data.model_dump()), "code": model_code_fingerprint(cfg.teacher.name)})
-    tdir = cache_dir("teachers") / f"{cfg.teacher.name}-{key}"
+def ensure_teacher(data: DataConfig, teacher: TeacherConfig, engine: EngineConfig, storage: Path) -> dict:
+    """Path and test accuracy of the trained teacher, training it once if it is not cached
+    (``$RAYKD_HOME/teachers/<key>``: the key hashes architecture, recipe, data and model code)."""
+    task = teacher_task(data, teacher)
+    if teacher.checkpoint:
+        t = build_task(task)
+        model = load_weights(t.build_student(), teacher.checkpoint)
+        ev = t.evaluate(model, t.load_split("test"))
+        return {"weights": str(Path(teacher.checkpoint).resolve()), "accuracy": ev["correct"] / ev["count"], "cached": True}
+    key = config_hash({"teacher": {"name": teacher.name, "args": teacher.args, "train": teacher.train.model_dump()},
+                       "data": fingerprint(data), "code": model_code_fingerprint(teacher.name)})
+    tdir = cache_dir("teachers") / f"{teacher.name}-{key}"
     built = []
 
     def train(tmp: Path) -> None:  # runs in one process only; concurrent runs wait for it (raykd.cache)
-        print(f"[raykd] training teacher {cfg.teacher.display} on {cfg.data.name} (cached afterwards)", flush=True)
+        print(f"[raykd] training teacher {teacher.display} on {data.name} (cached afterwards)", flush=True)
         t0 = time.time()
-        result = fit(task, cfg.engine.model_dump() | {"teacher_placement": "colocated"}, f"teacher-{key}", storage,
-                     label=f"teacher {cfg.teacher.display}")
-        model = build_method(task).build_student()
+        result = fit(task, engine.model_copy(update={"teacher_placement": "colocated"}), f"teacher-{key}", storage,
+                     label=f"teacher {teacher.display}")
+        model = build_task(task).build_student()
         with result.checkpoint.as_directory() as d:
             load_weights(model, Path(d) / "model.safetensors")
         save_weights(model, tmp / "model.safetensors")
         (tmp / "meta.json").write_text(json.dumps({"accuracy": result.metrics["accuracy"], "train_time_s": time.time() - t0,
-                                                   "teacher": cfg.teacher.display}))
+                                                   "teacher": teacher.display}))
         built.append(True)
 
-    info = entry(tdir, train, lambda d: json.loads((d / "meta.json").read_text()), what=f"teacher {cfg.teacher.display}")
+    info = entry(tdir, train, lambda d: json.loads((d / "meta.json").read_text()), what=f"teacher {teacher.display}")
     if not built:
-        print(f"[raykd] teacher {cfg.teacher.display}: cached ({tdir}), test accuracy {info['accuracy']:.4f}", flush=True)
+        print(f"[raykd] teacher {teacher.display}: cached ({tdir}), test accuracy {info['accuracy']:.4f}", flush=True)
     return {"weights": str(tdir / "model.safetensors"), "accuracy": info["accuracy"], "cached": not built}
 
 
-def save_student(model, out: Path, method) -> Path:
+def save_student(model, out: Path, task: ClassifyTask) -> Path:
     """Save a trained student with what it takes to use it: transformers models with ``save_pretrained``
     (the run's class names as ``id2label``/``label2id``, plus the tokenizer for text), other models as
     safetensors plus ``labels.json`` (class names and the image normalisation the student was trained with)."""
     out.mkdir(parents=True, exist_ok=True)
-    data = method.data
+    data = task.data
     id2label = {i: name for i, name in enumerate(data.labels.names)}
     if hasattr(model, "save_pretrained"):
         model.config.id2label = id2label
@@ -121,63 +136,77 @@ def write_data_description(out: Path, data) -> None:
     atomic_write_bytes(out / "data.json", json.dumps(data.describe(), indent=1).encode())
 
 
-def run(cfg: DistillConfig) -> "pd.DataFrame":
-    """Run the experiment; returns the results table (also written to ``cfg.output_dir``)."""
-    out = Path(cfg.output_dir).resolve()
-    storage = Path(cfg.engine.storage_path or out / "ray").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    chash = config_hash(cfg.model_dump())
-    run_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    teacher = ensure_teacher(cfg, storage)
+def load_trained(task: TaskSpec, result) -> "torch.nn.Module":
+    """The model of a finished Ray Train run."""
+    model = build_task(task).build_student()
+    with result.checkpoint.as_directory() as d:
+        load_weights(model, Path(d) / "model.safetensors")
+    return model
 
-    t_method = build_method(teacher_task(cfg))
-    t_model = load_weights(t_method.build_student(), teacher["weights"])
-    test_arrays = t_method.load_split("test")
-    example = t_method.example_input(test_arrays)
+
+def prepare_teacher(cfg, ctx) -> dict:
+    """Train (or load) the teacher, measure it, and record its row (once per run or sweep, not per
+    trial). Returns what the students' runs need."""
+    teacher = ensure_teacher(cfg.data, cfg.teacher, cfg.engine, ctx.storage)
+    t_task = build_task(teacher_task(cfg.data, cfg.teacher))
+    t_model = load_weights(t_task.build_student(), teacher["weights"])
+    example = t_task.example_input(t_task.load_split("test"))
     t_size = size_report(t_model, example)
-    write_data_description(out, t_method.data)
-    eval_split = t_method.data.eval_split
+    write_data_description(ctx.out_dir, t_task.data)
+    common = dict(dataset=cfg.data.name, teacher=cfg.teacher.display, teacher_params=t_size["params"],
+                  teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"], teacher_accuracy=teacher["accuracy"],
+                  a=cfg.metric.a, size=cfg.metric.size, cfg_hash=ctx.run_id.split("/")[0].rsplit("-", 1)[-1],
+                  eval_split=t_task.data.eval_split)
+    if ctx.trial is None:  # a sweep records its teacher once, in prepare
+        ctx.record([make_row(method="teacher", item="teacher", student=cfg.teacher.display, params=t_size["params"],
+                             bytes=t_size["bytes"], macs=t_size["macs"], accuracy=teacher["accuracy"],
+                             seed=cfg.teacher.train.seed, extra={"latency_ms": t_size["latency_ms"]}, **common)])
+    return {**teacher, "example": example, "size": t_size, "common": common}
 
-    jobs = [(s, cfg.losses, "kd") for s in cfg.students]
-    if cfg.baseline_scratch:
-        jobs += [(s, [], "scratch") for s in cfg.students]
-    rows = [make_row(method="teacher", dataset=cfg.data.name, teacher=cfg.teacher.display, student=cfg.teacher.display,
-                     params=t_size["params"], bytes=t_size["bytes"], macs=t_size["macs"], accuracy=teacher["accuracy"],
-                     teacher_params=t_size["params"], teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"],
-                     teacher_accuracy=teacher["accuracy"], a=cfg.metric.a, size=cfg.metric.size, seed=cfg.teacher.train.seed,
-                     cfg_hash=chash, run_id=run_id, eval_split=eval_split, extra={"latency_ms": t_size["latency_ms"]})]
-    append_rows(out, rows)
-    for i, (spec, losses, kind) in enumerate(jobs):
-        label = spec.display
-        loss_dicts = [l.as_dict() for l in losses] or [{"name": "ce", "weight": 1.0}]
-        task = TaskSpec(dataset=cfg.data.model_dump(), student={"name": spec.name, "args": spec.args},
-                        teacher={"name": cfg.teacher.name, "args": cfg.teacher.args, "weights": teacher["weights"]},
-                        losses=loss_dicts, train=cfg.train.model_dump() | {"seed": cfg.train.seed + cfg.seed},
-                        extra={"student_init": cfg.student_init if kind == "kd" else "random"})
-        print(f"[raykd] [{i + 1}/{len(jobs)}] {kind} student {label}: "
-              f"{' + '.join(str(d.get('weight', 1)) + '*' + d['name'] for d in loss_dicts)}", flush=True)
+
+def student_jobs(cfg) -> list[tuple[str, ModelSpec, list[LossSpec], str]]:
+    """(item, student, losses, kind) of every student run: distilled, and from scratch as a baseline."""
+    jobs = [(f"kd-{i}", s, cfg.losses, "kd") for i, s in enumerate(cfg.students)]
+    if cfg.kd.baseline_scratch:
+        jobs += [(f"scratch-{i}", s, [LossSpec(name="ce")], "scratch") for i, s in enumerate(cfg.students)]
+    return jobs
+
+
+@register_method("kd", settings=KDSettings, check=check, prepare=prepare_teacher,
+                 sections={"data": None, "teacher": None, "students": None, "losses": None, "train": None,
+                           "engine": None, "sweep": None})
+def run(cfg, ctx) -> list[dict]:
+    """Teacher -> students distillation on Ray Train (CNNs on images, BERTs on text)."""
+    teacher = prepare_teacher(cfg, ctx)
+    t_size, common = teacher["size"], teacher["common"]
+    jobs = student_jobs(cfg)
+    for n, (item, spec, losses, kind) in enumerate(jobs):
+        if ctx.done(item) is not None:
+            print(f"[raykd] [{n + 1}/{len(jobs)}] {kind} student {spec.display}: done in an earlier attempt", flush=True)
+            continue
+        task = TaskSpec(dataset=cfg.data, student=spec, teacher=TeacherRef(name=cfg.teacher.name, args=cfg.teacher.args,
+                                                                             weights=teacher["weights"]),
+                        losses=losses, train=cfg.train.model_copy(update={"seed": cfg.train.seed + cfg.seed}),
+                        student_init=cfg.kd.student_init if kind == "kd" else "random")
+        print(f"[raykd] [{n + 1}/{len(jobs)}] {kind} student {spec.display}: "
+              f"{' + '.join(f'{l.weight}*{l.name}' for l in losses)}", flush=True)
+        size = cfg.metric.size  # DS of every epoch, reported to Ray (and to Tune schedulers in a sweep)
+        s_size = size_report(build_task(task).build_student(), teacher["example"], latency=False)
+        ds_ref = {"size_s": s_size[size], "size_t": t_size[size], "acc_t": teacher["accuracy"], "a": cfg.metric.a}
         t0 = time.time()
-        result = fit(task, cfg.engine.model_dump(), f"{cfg.name}-{kind}-{i}-{chash}", storage, label=f"{kind} {label}")
+        result = fit(task, cfg.engine, ctx.ray_name(item), ctx.storage, label=f"{kind} {spec.display}",
+                     extra_config={"ds_ref": ds_ref}, callbacks=ctx.train_callbacks(item))
         wall = time.time() - t0
-        method = build_method(task)
-        student = method.build_student()
-        with result.checkpoint.as_directory() as d:
-            load_weights(student, Path(d) / "model.safetensors")
-        save_student(student, out / "students" / f"{kind}-{i}", method)
-        s = size_report(student, example)
-        row = make_row(method=kind, dataset=cfg.data.name, teacher=cfg.teacher.display, student=label,
-                       params=s["params"], bytes=s["bytes"], macs=s["macs"], accuracy=result.metrics["accuracy"],
-                       teacher_params=t_size["params"], teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"],
-                       teacher_accuracy=teacher["accuracy"], a=cfg.metric.a, size=cfg.metric.size, wall_time_s=wall,
-                       seed=task.train["seed"], cfg_hash=chash, run_id=run_id, eval_split=eval_split,
-                       extra={"latency_ms": s["latency_ms"], "losses": loss_dicts, "epochs": cfg.train.epochs,
+        student = load_trained(task, result)
+        save_student(student, ctx.students_dir / item, build_task(task))
+        s = size_report(student, teacher["example"])
+        row = make_row(method=kind, item=item, student=spec.display, params=s["params"], bytes=s["bytes"], macs=s["macs"],
+                       accuracy=result.metrics["accuracy"], wall_time_s=wall, seed=task.train.seed,
+                       extra={"latency_ms": s["latency_ms"], "losses": task.loss_dicts(), "epochs": cfg.train.epochs,
                               "samples_per_s": result.metrics.get("samples_per_s"),
-                              "placement": cfg.engine.teacher_placement, "workers": cfg.engine.num_workers})
-        df = append_rows(out, [row])
-        print(f"[raykd] {kind} {label}: accuracy {row['accuracy']:.4f} (teacher {teacher['accuracy']:.4f}), "
+                              "teacher_forward_examples": result.metrics.get("teacher_forward_examples"),
+                              "placement": cfg.engine.teacher_placement, "workers": cfg.engine.num_workers}, **common)
+        ctx.record([row])
+        print(f"[raykd] {kind} {spec.display}: accuracy {row['accuracy']:.4f} (teacher {teacher['accuracy']:.4f}), "
               f"params {row['params']:,}, DS {row['ds']:.4f}, {wall:.0f}s", flush=True)
-    from raykd.report import report
-
-    df = df[df["run_id"] == run_id]
-    report(out, df=df, a=cfg.metric.a, size=cfg.metric.size)
-    return df
+    return ctx.rows().to_dict("records")

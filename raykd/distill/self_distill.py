@@ -11,7 +11,7 @@ The paper's claims, which this module lets you check:
 
        L_g = (1 - alpha) * CE(y, p) + alpha * CE(softmax(z_{g-1} / T), p)      alpha = 0.4, T = 4
 
-   where z_{g-1} are the logits of generation g-1's checkpoint (its teacher).
+   where z_{g-1} are the logits of generation g-1's saved weights (its teacher).
 2. **Beta smoothing** gets instance-specific smoothing with no separately trained teacher: keep an EMA
    copy of the model (decay min(1 - 1/(step + 1), 0.999)); in every batch rank the samples by the EMA
    model's p(y|x), draw b ~ Beta(a, 1) (a = 3) for each, sort, give the larger b to the more confident
@@ -22,12 +22,20 @@ The paper's claims, which this module lets you check:
 3. Baselines: CE, label smoothing (eps spread over the other classes), confidence penalty
    (CE - beta * H(p)).
 
-Every model trains through :func:`raykd.engine.trainer.fit` (a Ray Train ``TorchTrainer``); seeds x
-methods fan out as Ray Tune trials (a ``Tuner`` over a function trainable that launches the
-``TorchTrainer`` runs and takes ~0 CPU itself; a self-distillation trial runs its generations one
-after another). Each trained model is judged on the test split by accuracy, NLL and ECE (with a
-reliability diagram), and its predictive diversity on the training split -- what its student would be
-trained on -- is recorded as the next generation's *teacher diversity*.
+The config's shared sections say what is trained (``data``, ``student``: every model's architecture,
+``train``, ``engine``); ``self_distill:`` says which training objectives (``variants``), how many
+generations, which seeds, and the objectives' hyper-parameters.
+
+Every trained model is one *item* of the run (``ce-seed0``, ``beta_smoothing-seed1``,
+``self_distill-seed0-gen2``): one Ray Train run named after it, its weights saved under
+``students/<item>`` and its results row written as soon as it is done. A self-distillation chain
+(generation 0 = the CE model, then generations 1..G) is trained in order, each generation taught by the
+previous one's saved weights; chains and single models run side by side (``concurrent_runs``). A rerun
+of the same command skips the items that have a row and finds each next generation's teacher on disk.
+
+Each model is judged on the evaluation split by accuracy, NLL and ECE (with a reliability diagram),
+and its predictive diversity on the training split -- what its student would be trained on -- is
+recorded as the next generation's *teacher diversity*.
 
 Text datasets: by default a small MLP learns over frozen MiniLM sentence embeddings (mean-pooled,
 computed once and cached); ``text_features: tokens`` trains a BERT student on token ids instead.
@@ -40,6 +48,8 @@ import hashlib
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,90 +61,130 @@ from torch import nn
 
 from raykd import data as D
 from raykd.cache import entry
-from raykd.config import DataConfig, EngineConfig, ModelSpec, Strict, TrainConfig
+from raykd.config import DataConfig, EngineConfig, ModelSpec, TrainConfig
 from raykd.data.prepare import prepare
-from raykd.distill.base import METHODS, ClassifyMethod, TaskSpec, build_method, load_arrays
-from raykd.engine.checkpoint import load_weights, save_weights
-from raykd.engine.trainer import fit
+from raykd.distill.kd import load_trained, save_student, write_data_description
+from raykd.engine.checkpoint import load_weights
+from raykd.engine.task import ClassifyTask, TaskSpec, TeacherRef, build_task, load_arrays
+from raykd.engine.trainer import cluster_has_gpus, fit
+from raykd.errors import UserError
+from raykd.method import register_method
 from raykd.metrics import classification_metrics, plot_reliability, pool_bins, predictive_diversity, softmax
 from raykd.models.size import count_params
-from raykd.paths import atomic_write_bytes, cache_dir
-from raykd.results import append_rows, config_hash, make_row
-from raykd.runtime import init_ray
+from raykd.paths import cache_dir
+from raykd.results import make_row
+from raykd.schema import FieldError, Strict
 
-MethodName = Literal["ce", "label_smoothing", "confidence_penalty", "beta_smoothing", "self_distill"]
-ALL_METHODS: list[str] = ["ce", "label_smoothing", "confidence_penalty", "beta_smoothing", "self_distill"]
+Variant = Literal["ce", "label_smoothing", "confidence_penalty", "beta_smoothing", "self_distill"]
+VARIANTS: list[str] = ["ce", "label_smoothing", "confidence_penalty", "beta_smoothing", "self_distill"]
 MINILM_DIM = 384
 
 
 # ----------------------------------------------------------------------------------------------
-# Settings
+# Settings: the ``self_distill:`` section, and the shared sections' defaults
 # ----------------------------------------------------------------------------------------------
 
 class SelfDistillSettings(Strict):
-    """The ``self_distill:`` section of a config (defaults: the paper's hyper-parameters)."""
+    """``self_distill:`` what is this method's own (defaults: the paper's hyper-parameters)."""
 
-    data: DataConfig = Field(default_factory=lambda: DataConfig(name="mnist", train_subset=10000, test_subset=2000))
-    model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="cnn", args={"widths": [16, 32], "hidden": 64}),
-                             description="architecture of every model (all generations share it)")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, batch_size=128, lr=3e-3))
-    engine: EngineConfig = Field(default_factory=lambda: EngineConfig(num_workers=1),
-                                 description="Ray Train engine of each model's run (1 worker: trials run side by side)")
-    methods: list[MethodName] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1,
-                                      description="self_distill's generation 0 is the CE model (one run serves both)")
-    generations: int = Field(3, ge=1, description="self-distillation generations after generation 0")
-    sd_alpha: float = Field(0.4, ge=0, le=1, description="self-distillation: weight of CE(softmax(z_{g-1}/T), p)")
-    sd_temperature: float = Field(4.0, gt=0, description="self-distillation: temperature T of the teacher's logits")
-    beta_alpha: float = Field(0.6, ge=0, le=1, description="Beta smoothing: weight of CE(q_beta, p)")
-    beta_a: float = Field(3.0, gt=0, description="Beta smoothing: b ~ Beta(a, 1)")
-    epsilon: float = Field(0.1, ge=0, lt=1, description="label smoothing: mass spread over the other classes")
-    penalty_beta: float = Field(0.1, ge=0, description="confidence penalty: CE - beta * H(p)")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS), min_length=1,
+                                    description="training objectives; self_distill's generation 0 is the CE model (one run serves both)")
+    generations: int = Field(3, ge=1, description="self_distill: generations after generation 0")
+    sd_alpha: float = Field(0.4, ge=0, le=1, description="self_distill: weight of CE(softmax(z_{g-1}/T), p)")
+    sd_temperature: float = Field(4.0, gt=0, description="self_distill: temperature T of the teacher's logits")
+    beta_alpha: float = Field(0.6, ge=0, le=1, description="beta_smoothing: weight of CE(q_beta, p)")
+    beta_a: float = Field(3.0, gt=0, description="beta_smoothing: b ~ Beta(a, 1)")
+    epsilon: float = Field(0.1, ge=0, lt=1, description="label_smoothing: mass spread over the other classes")
+    penalty_beta: float = Field(0.1, ge=0, description="confidence_penalty: CE - beta * H(p)")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                             description="one model per variant and seed (each shifted by the top-level seed)")
     ece_bins: int = Field(15, ge=2, le=100)
     text_features: Literal["minilm_mean", "tokens"] = Field(
-        "minilm_mean", description="text data: frozen mean-pooled MiniLM sentence embeddings (model: mlp) or token ids (BERT)")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="Tune trials at once (default: CPUs / CPUs per run)")
+        "minilm_mean", description="text data: frozen mean-pooled MiniLM sentence embeddings (student: mlp) or token ids (BERT)")
+    concurrent_runs: int | None = Field(None, ge=1, description="models trained at once (default: as many as the "
+                                        "cluster's CPUs/GPUs fit engine.num_workers x cpus_per_worker)")
 
-    @field_validator("methods", "seeds")
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, raw: Any) -> Any:
+        """Point the fields of the earlier layout to their new places."""
+        moved = {"methods": "self_distill.variants", "data": "data:", "model": "student:", "train": "train:",
+                 "engine": "engine:", "max_concurrent_trials": "self_distill.concurrent_runs"}
+        for old in moved.keys() & (raw.keys() if isinstance(raw, dict) else set()):
+            where = "is now " if "." in moved[old] else "is now the top-level section "
+            raise FieldError(old, f"{where}{moved[old]} (see configs/sd_smoke.yaml)")
+        return raw
+
+    @field_validator("variants", "seeds")
     @classmethod
     def _unique(cls, v):
         if len(set(v)) != len(v):
             raise ValueError(f"entries must be unique, got {v}")
         return v
 
-    @model_validator(mode="after")
-    def _model_fits_data(self):
-        from raykd import data
-
-        if self.data.name == "user" or data.info(self.data.name).kind != "text":
-            return self
-        if self.text_features == "minilm_mean":
-            if self.model.name != "mlp" or int(self.model.args.get("in_features", 0)) != MINILM_DIM:
-                raise ValueError(f"model: over frozen MiniLM sentence embeddings use {{name: mlp, args: {{in_features: "
-                                 f"{MINILM_DIM}}}}}, or set text_features: tokens for a BERT student")
-        elif self.model.name not in ("bert", "minilm-l6"):
-            raise ValueError("model.name: text_features: tokens needs a BERT model (bert or minilm-l6)")
-        return self
-
-    def losses(self, method: str) -> list[dict]:
-        """The weighted loss of one method, composed from the loss registry."""
-        if method == "ce":
+    def losses(self, variant: str) -> list[dict]:
+        """The weighted loss of one variant, composed from the loss registry."""
+        if variant == "ce":
             return [{"name": "ce", "weight": 1.0}]
-        if method == "label_smoothing":
+        if variant == "label_smoothing":
             return [{"name": "label_smoothing", "weight": 1.0, "epsilon": self.epsilon}]
-        if method == "confidence_penalty":
+        if variant == "confidence_penalty":
             return [{"name": "confidence_penalty", "weight": 1.0, "beta": self.penalty_beta}]
-        if method == "beta_smoothing":   # (1 - alpha) * CE(y, p) + alpha * CE(q_beta, p)
+        if variant == "beta_smoothing":   # (1 - alpha) * CE(y, p) + alpha * CE(q_beta, p)
             return [{"name": "ce", "weight": 1.0 - self.beta_alpha},
                     {"name": "beta_smoothing", "weight": self.beta_alpha, "a": self.beta_a}]
-        if method == "self_distill":     # (1 - alpha) * CE(y, p) + alpha * CE(softmax(z_{g-1}/T), p)
+        if variant == "self_distill":     # (1 - alpha) * CE(y, p) + alpha * CE(softmax(z_{g-1}/T), p)
             return [{"name": "ce", "weight": 1.0 - self.sd_alpha},
                     {"name": "soft_ce", "weight": self.sd_alpha, "temperature": self.sd_temperature}]
-        raise ValueError(f"unknown method {method!r}")
+        raise ValueError(f"unknown variant {variant!r}")
+
+
+# the parameters that only one variant reads
+VARIANT_FIELDS = {"generations": "self_distill", "sd_alpha": "self_distill", "sd_temperature": "self_distill",
+                  "beta_alpha": "beta_smoothing", "beta_a": "beta_smoothing", "epsilon": "label_smoothing",
+                  "penalty_beta": "confidence_penalty"}
+
+
+def is_text(data: DataConfig) -> bool | None:
+    """Whether a registered dataset is text (None for the user's own data: known once it is read)."""
+    return None if data.name == "user" else D.info(data.name).kind == "text"
+
+
+def check(cfg) -> None:
+    """Refuse what does not apply: a variant's parameter without the variant, ``train.seed`` (the seeds
+    are ``self_distill.seeds``), text settings on image data, a student that cannot read the text features."""
+    s = cfg.self_distill
+    defaults = SelfDistillSettings()
+    for name, variant in VARIANT_FIELDS.items():
+        if variant not in s.variants and getattr(s, name) != getattr(defaults, name):
+            raise FieldError(f"self_distill.{name}", f"applies to the {variant} variant only, which is not in "
+                             f"self_distill.variants {s.variants}; remove it or add {variant}")
+    if cfg.train.seed != 0:
+        raise FieldError("train.seed", "self_distill trains one model per entry of self_distill.seeds (shifted by "
+                         "the top-level seed); set those instead of train.seed")
+    text = is_text(cfg.data)
+    if text is False and s.text_features != defaults.text_features:
+        raise FieldError("self_distill.text_features", f"applies to text data only; {cfg.data.name} holds images")
+    if not text:
+        return
+    if s.text_features == "minilm_mean":
+        if cfg.student.name != "mlp" or int(cfg.student.args.get("in_features", 0)) != MINILM_DIM:
+            raise FieldError("student", f"over frozen MiniLM sentence embeddings use {{name: mlp, args: {{in_features: "
+                             f"{MINILM_DIM}}}}}, or set self_distill.text_features: tokens for a BERT student")
+    elif cfg.student.name not in ("bert", "minilm-l6"):
+        raise FieldError("student.name", "self_distill.text_features: tokens needs a BERT model (bert or minilm-l6)")
+
+
+SECTIONS = {
+    "data": lambda: DataConfig(name="mnist", train_subset=10000, test_subset=2000),
+    "student": lambda: ModelSpec(name="cnn", args={"widths": [16, 32], "hidden": 64}),  # every model's architecture
+    "train": lambda: TrainConfig(epochs=3, batch_size=128, lr=3e-3),
+    "engine": lambda: EngineConfig(num_workers=1),
+}
 
 
 # ----------------------------------------------------------------------------------------------
-# Methods on the engine: features for text, and Beta smoothing's EMA model
+# Tasks on the engine: features for text, and Beta smoothing's EMA model
 # ----------------------------------------------------------------------------------------------
 
 def sentence_embeddings(texts: np.ndarray, max_length: int = 64, batch_size: int = 128) -> np.ndarray:
@@ -160,20 +210,19 @@ def sentence_embeddings(texts: np.ndarray, max_length: int = 64, batch_size: int
                  what="MiniLM sentence embeddings")
 
 
-class SelfDistillMethod(ClassifyMethod):
-    """:class:`ClassifyMethod` whose text input can be frozen MiniLM sentence embeddings."""
+class SelfDistillTask(ClassifyTask):
+    """:class:`ClassifyTask` whose text input can be frozen MiniLM sentence embeddings."""
 
     def _load_split(self, split: str) -> dict[str, np.ndarray]:
-        if self.task.extra.get("text_features") == "minilm_mean":
-            # embed the whole split once (cached), then take the same stratified subset load_arrays takes
-            full = load_arrays({**self.task.dataset, "train_subset": None, "test_subset": None}, split)
+        d = self.spec.dataset
+        if self.spec.extra.get("text_features") == "minilm_mean":
+            # embed the whole split once (cached), then take the same stratified subset prepare() takes
+            full = load_arrays(d.model_copy(update={"train_subset": None, "test_subset": None}), split)
             if "text" in full:
-                arrays = {"x": sentence_embeddings(full["text"], int(self.task.dataset.get("max_length", 64))),
-                          "label": full["label"]}
-                subset = self.task.dataset.get("train_subset" if split == "train" else "test_subset")
+                arrays = {"x": sentence_embeddings(full["text"], d.max_length), "label": full["label"]}
+                subset = d.train_subset if split == "train" else d.test_subset
                 if subset is not None and subset < len(full["label"]):
-                    seed = int(self.task.dataset.get("split_seed") or 0)  # the subset raykd.data.prepare takes
-                    arrays = D.take(arrays, D.stratified_indices(full["label"], subset, seed))
+                    arrays = D.take(arrays, D.stratified_indices(full["label"], subset, d.split_seed))
                 return arrays
         return super()._load_split(split)
 
@@ -198,7 +247,7 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
-class BetaSmoothingMethod(SelfDistillMethod):
+class BetaSmoothingTask(SelfDistillTask):
     """Beta smoothing: the student's own EMA copy plays the teacher whose confidence ranks the batch.
 
     The EMA model is a submodule of the loss, so the engine moves it to the device and saves and
@@ -222,123 +271,163 @@ class BetaSmoothingMethod(SelfDistillMethod):
         ema_update(self.ema, student, ema_decay(step))
 
 
-METHODS.register("self_distill", SelfDistillMethod)
-METHODS.register("beta_smoothing", BetaSmoothingMethod)
+# ----------------------------------------------------------------------------------------------
+# The plan: which models, in which order
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Item:
+    """One model to train: ``name`` is its item (row key, Ray Train run, ``students/<name>``)."""
+
+    name: str
+    variant: str                 # the objective it is trained with
+    seed: int                    # its entry of self_distill.seeds
+    label: str                   # the results row's ``method``: ce, beta_smoothing, self_distill/g2, ...
+    generation: int | None = None
+    teacher: str | None = None   # the item whose saved weights teach it (generation g-1)
+
+
+def plan(s: SelfDistillSettings) -> list[list[Item]]:
+    """Lanes of items: a lane is trained in order (a self-distillation chain: generation 0 = CE, then
+    1..G), lanes side by side. Chains come first (they are the longest); a separate CE model is not
+    trained when a chain's generation 0 already is that model."""
+    lanes: list[list[Item]] = []
+    if "self_distill" in s.variants:
+        for seed in s.seeds:
+            chain = [Item(f"ce-seed{seed}", "ce", seed, "ce", generation=0)]
+            for g in range(1, s.generations + 1):
+                chain.append(Item(f"self_distill-seed{seed}-gen{g}", "self_distill", seed, f"self_distill/g{g}", g,
+                                  teacher=chain[-1].name))
+            lanes.append(chain)
+    for v in s.variants:
+        if v != "self_distill" and not (v == "ce" and "self_distill" in s.variants):
+            lanes += [[Item(f"{v}-seed{seed}", v, seed, v)] for seed in s.seeds]
+    return lanes
 
 
 # ----------------------------------------------------------------------------------------------
-# One model: train on the engine, save, judge
+# One model: train on the engine, save, judge, record
 # ----------------------------------------------------------------------------------------------
 
-def make_task(settings: SelfDistillSettings, method: str, seed: int, teacher_weights: str | None = None) -> TaskSpec:
+def make_task(cfg, variant: str, seed: int, teacher_weights: str | None = None) -> TaskSpec:
     """The engine's description of one model's training (generation g's teacher: g-1's weights)."""
-    model = {"name": settings.model.name, "args": dict(settings.model.args)}
-    return TaskSpec(dataset=settings.data.model_dump(), student=model,
-                    teacher={**model, "weights": teacher_weights} if teacher_weights else None,
-                    losses=settings.losses(method), train=settings.train.model_dump() | {"seed": int(seed)},
-                    method="beta_smoothing" if method == "beta_smoothing" else "self_distill",
-                    extra={"text_features": settings.text_features})
+    s = cfg.self_distill
+    teacher = TeacherRef(name=cfg.student.name, args=cfg.student.args, weights=teacher_weights) if teacher_weights else None
+    return TaskSpec(dataset=cfg.data, student=cfg.student, teacher=teacher, losses=s.losses(variant),
+                    train=cfg.train.model_copy(update={"seed": int(seed)}),
+                    kind=BetaSmoothingTask if variant == "beta_smoothing" else SelfDistillTask,
+                    extra={"text_features": s.text_features})
 
 
 def judge(task: TaskSpec, weights: str | Path, n_bins: int = 15) -> dict[str, Any]:
     """Test accuracy, NLL, ECE, reliability bins and diversity; diversity on the training split too."""
-    method = build_method(task)
-    model = load_weights(method.build_student(), weights)
-    test = method.load_split("test")
-    out = classification_metrics(method.predict_logits(model, test), test["label"], n_bins)
-    train = method.load_split("train")
-    div = predictive_diversity(softmax(method.predict_logits(model, train)), train["label"])
+    t = build_task(task)
+    model = load_weights(t.build_student(), weights)
+    test = t.load_split("test")
+    out = classification_metrics(t.predict_logits(model, test), test["label"], n_bins)
+    train = t.load_split("train")
+    div = predictive_diversity(softmax(t.predict_logits(model, train)), train["label"])
     out.update({f"train_{k}": v for k, v in div.items()})
     out["params"] = count_params(model)
     return out
 
 
-def train_model(settings: SelfDistillSettings, method: str, seed: int, out_dir: Path, storage: Path, run_tag: str,
-                generation: int | None = None, teacher: dict | None = None) -> dict[str, Any]:
-    """Train one model with :func:`fit`, save its weights under ``out_dir/models`` and judge it."""
-    label = method if generation is None else ("ce" if generation == 0 else f"self_distill/g{generation}")
-    loss_method = "ce" if generation == 0 else method
-    task = make_task(settings, loss_method, seed, teacher["weights"] if teacher else None)
-    slug = label.replace("/", "-")
-    print(f"[raykd] self_distill: training {label} (seed {seed})"
-          + (f", teacher {teacher['label']} (acc {teacher['accuracy']:.4f})" if teacher else ""), flush=True)
-    t0 = time.time()
-    # The class travels in the workers' config so that unpickling it imports this module, which
-    # registers the "self_distill" and "beta_smoothing" methods there.
-    result = fit(task, settings.engine.model_dump(), f"{run_tag}-{slug}-s{seed}", storage, label=f"{label} s{seed}",
-                 extra_config={"method_class": METHODS.get(task.method)})
-    wall = time.time() - t0
-    weights = out_dir / "models" / f"{slug}-s{seed}.safetensors"
-    model = build_method(task).build_student()
-    with result.checkpoint.as_directory() as d:
-        load_weights(model, Path(d) / "model.safetensors")
-    save_weights(model, weights)
-    metrics = judge(task, weights, settings.ece_bins)
-    print(f"[raykd] self_distill: {label} seed {seed}: acc {metrics['accuracy']:.4f} nll {metrics['nll']:.4f} "
-          f"ece {metrics['ece']:.4f} entropy {metrics['mean_entropy']:.3f} ({wall:.0f}s)", flush=True)
-    return {"label": label, "method": method, "generation": generation, "seed": seed, "weights": str(weights),
-            "teacher": teacher, "losses": task.losses, "wall_time_s": wall, **metrics}
+def teacher_of(row: dict, weights: Path) -> dict:
+    """What generation g needs of generation g-1: its saved weights, and the figures its row records."""
+    if not (weights / "model.safetensors").is_file():
+        raise UserError(f"{weights}: the saved weights of {row['item']} (the next generation's teacher) are missing; "
+                        "rerun with --fresh to train the chain again")
+    extra = json.loads(row["extra"])
+    return {"item": row["item"], "label": row["method"], "weights": str(weights), "accuracy": float(row["accuracy"]),
+            "params": float(row["params"]), **{k: extra[f"train_{k}"] for k in ("mean_entropy", "nontarget_std", "true_prob_std")}}
 
 
-def self_distill_chain(settings: SelfDistillSettings, seed: int, out_dir: Path, storage: Path, run_tag: str) -> list[dict]:
-    """Generation 0 with CE, then generations 1..G, each taught by the previous generation's checkpoint."""
-    models = [train_model(settings, "self_distill", seed, out_dir, storage, run_tag, generation=0)]
-    for g in range(1, settings.generations + 1):
-        prev = models[-1]
-        teacher = {"label": prev["label"], "weights": prev["weights"], "accuracy": prev["accuracy"], "params": prev["params"],
-                   "mean_entropy": prev["train_mean_entropy"], "nontarget_std": prev["train_nontarget_std"],
-                   "true_prob_std": prev["train_true_prob_std"]}
-        models.append(train_model(settings, "self_distill", seed, out_dir, storage, run_tag, generation=g, teacher=teacher))
-    return models
+DIVERSITY = ("mean_entropy", "nontarget_std", "true_prob_mean", "true_prob_std")
 
 
-def run_job(settings: SelfDistillSettings, method: str, seed: int, out_dir: Path, storage: Path, run_tag: str) -> list[dict]:
-    """One Tune trial's work: a self-distillation chain, or one model of another method."""
-    if method == "self_distill":
-        return self_distill_chain(settings, seed, out_dir, storage, run_tag)
-    return [train_model(settings, method, seed, out_dir, storage, run_tag)]
-
-
-def jobs_of(settings: SelfDistillSettings) -> list[dict]:
-    """(method, seed) trials, self-distillation chains first (they are the longest); a separate CE
-    trial is dropped when a chain's generation 0 already is that CE model."""
-    methods = [m for m in settings.methods if not (m == "ce" and "self_distill" in settings.methods)]
-    methods.sort(key=lambda m: m != "self_distill")
-    return [{"method": m, "seed": s} for m in methods for s in settings.seeds]
-
-
-# ----------------------------------------------------------------------------------------------
-# Tune fan-out, results
-# ----------------------------------------------------------------------------------------------
-
-def _trial(config: dict) -> None:
-    """Tune function trainable: runs one (method, seed) job; its TorchTrainer runs hold the CPUs."""
-    from ray import tune
-
-    settings = SelfDistillSettings.model_validate(config["settings"])
-    job, ctx = config["job"], config["ctx"]
-    out_dir, storage = Path(ctx["out_dir"]), Path(ctx["storage"])
-    models = run_job(settings, job["method"], int(job["seed"]), out_dir, storage, ctx["run_tag"])
-    path = out_dir / "trials" / f"{job['method']}-s{job['seed']}.json"
-    atomic_write_bytes(path, json.dumps(models, default=float).encode())
-    last = models[-1]
-    tune.report({"accuracy": last["accuracy"], "nll": last["nll"], "ece": last["ece"], "models": len(models)})
-
-
-def _row(m: dict, settings: SelfDistillSettings, run_id: str, chash: str) -> dict:
-    t = m.get("teacher") or {}
-    extra = {"generation": m["generation"], "nll": m["nll"], "ece": m["ece"], "ece_bins": settings.ece_bins,
-             "reliability": m["reliability"], "losses": m["losses"], "epochs": settings.train.epochs,
-             **{k: m[k] for k in ("mean_entropy", "nontarget_std", "true_prob_mean", "true_prob_std",
-                                  "train_mean_entropy", "train_nontarget_std", "train_true_prob_mean", "train_true_prob_std")}}
+def result_row(cfg, ctx, item: Item, task: TaskSpec, m: dict, teacher: dict | None, wall: float) -> dict:
+    t = teacher or {}
+    extra = {"variant": item.variant, "generation": item.generation, "seed_entry": item.seed, "nll": m["nll"],
+             "ece": m["ece"], "ece_bins": cfg.self_distill.ece_bins, "reliability": m["reliability"],
+             "losses": task.loss_dicts(), "epochs": cfg.train.epochs,
+             **{k: m[k] for k in DIVERSITY}, **{f"train_{k}": m[f"train_{k}"] for k in DIVERSITY}}
     if t:
-        extra.update({"teacher_weights": t["weights"], "teacher_mean_entropy": t["mean_entropy"],
+        extra.update({"teacher_item": t["item"], "teacher_weights": t["weights"], "teacher_mean_entropy": t["mean_entropy"],
                       "teacher_nontarget_std": t["nontarget_std"], "teacher_true_prob_std": t["true_prob_std"]})
-    return make_row(method=m["label"], dataset=settings.data.name, student=settings.model.display, params=m["params"],
-                    accuracy=m["accuracy"], teacher=t.get("label", ""), teacher_params=t.get("params"),
-                    teacher_accuracy=t.get("accuracy"), wall_time_s=m["wall_time_s"], seed=m["seed"], cfg_hash=chash,
-                    run_id=run_id, eval_split=prepare(settings.data.model_dump()).eval_split, extra=extra)
+    return make_row(method=item.label, item=item.name, dataset=cfg.data.name, student=cfg.student.display,
+                    params=m["params"], accuracy=m["accuracy"], teacher=t.get("label", ""), teacher_params=t.get("params"),
+                    teacher_accuracy=t.get("accuracy"), a=cfg.metric.a, size=cfg.metric.size, wall_time_s=wall,
+                    seed=task.train.seed, cfg_hash=ctx.run_id.rsplit("-", 1)[-1],
+                    eval_split=prepare(cfg.data).eval_split, extra=extra)
 
+
+def train_item(cfg, ctx, item: Item, teacher: dict | None) -> dict:
+    """Train one model with :func:`fit`, save it under ``students/<item>``, judge it, record its row."""
+    task = make_task(cfg, item.variant, cfg.seed + item.seed, teacher["weights"] if teacher else None)
+    print(f"[raykd] self_distill: training {item.name}"
+          + (f", teacher {teacher['item']} (acc {teacher['accuracy']:.4f})" if teacher else ""), flush=True)
+    t0 = time.time()
+    result = fit(task, cfg.engine, ctx.ray_name(item.name), ctx.storage, label=item.name,
+                 callbacks=ctx.train_callbacks(item.name))
+    wall = time.time() - t0
+    saved = save_student(load_trained(task, result), ctx.students_dir / item.name, build_task(task))
+    m = judge(task, saved, cfg.self_distill.ece_bins)
+    row = result_row(cfg, ctx, item, task, m, teacher, wall)
+    ctx.record([row])
+    print(f"[raykd] self_distill: {item.name}: acc {m['accuracy']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f} "
+          f"entropy {m['mean_entropy']:.3f} ({wall:.0f}s)", flush=True)
+    return row
+
+
+def run_lane(cfg, ctx, lane: list[Item]) -> None:
+    """Train a lane's items in order, skipping those an earlier attempt finished; generation g is taught
+    by generation g-1's weights as saved under ``students/``."""
+    previous = None
+    for item in lane:
+        teacher = teacher_of(previous, ctx.students_dir / item.teacher) if item.teacher else None
+        previous = ctx.done(item.name)
+        if previous is not None:
+            print(f"[raykd] self_distill: {item.name}: done in an earlier attempt", flush=True)
+            continue
+        previous = train_item(cfg, ctx, item, teacher)
+
+
+def concurrency(cfg, lanes: int) -> int:
+    """Models trained at once: ``concurrent_runs``, else as many as the cluster's CPUs (and GPUs) fit."""
+    import ray
+
+    if cfg.self_distill.concurrent_runs:
+        return min(lanes, cfg.self_distill.concurrent_runs)
+    e, res = cfg.engine, ray.cluster_resources()
+    fit_in = int(res.get("CPU", 1) // (e.num_workers * e.cpus_per_worker))
+    if e.use_gpu or (e.use_gpu is None and cluster_has_gpus()):
+        fit_in = min(fit_in, int(res.get("GPU", 0) // e.num_workers))
+    return max(1, min(lanes, fit_in))
+
+
+def run_lanes(cfg, ctx, lanes: list[list[Item]], n: int) -> list[Exception]:
+    """Every lane, ``n`` at a time (driver threads, each waiting on its Ray Train runs); a failed lane
+    does not stop the others. Returns the failures."""
+    def attempt(lane: list[Item]) -> Exception | None:
+        try:
+            run_lane(cfg, ctx, lane)
+        except Exception as e:  # noqa: BLE001 - reported, and raised after the other lanes finish
+            print(f"[raykd] self_distill: {lane[0].name}...: failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                  flush=True)
+            return e
+        return None
+
+    if n == 1:
+        outcomes = [attempt(lane) for lane in lanes]
+    else:
+        with ThreadPoolExecutor(n, thread_name_prefix="self_distill") as pool:
+            outcomes = list(pool.map(attempt, lanes))
+    return [e for e in outcomes if e is not None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and plots from the results rows
+# ----------------------------------------------------------------------------------------------
 
 METHOD_ORDER = ["ce", "label_smoothing", "confidence_penalty", "beta_smoothing"]
 METRIC_COLUMNS = ["method", "generation", "seed", "accuracy", "nll", "ece", "mean_entropy", "nontarget_std",
@@ -346,17 +435,18 @@ METRIC_COLUMNS = ["method", "generation", "seed", "accuracy", "nll", "ece", "mea
                   "teacher_mean_entropy", "teacher_nontarget_std", "wall_time_s"]
 
 
-def metrics_table(models: list[dict]) -> pd.DataFrame:
-    """One line per trained model: the numbers the paper judges by, plus its teacher's diversity."""
+def metrics_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per trained model (from its results row): the numbers the paper judges by, plus its
+    teacher's diversity."""
     lines = []
-    for m in models:
-        t = m.get("teacher") or {}
-        lines.append({"method": m["label"], "generation": m["generation"], "seed": m["seed"],
-                      **{k: m[k] for k in ("accuracy", "nll", "ece", "mean_entropy", "nontarget_std",
-                                           "train_mean_entropy", "train_nontarget_std", "wall_time_s")},
-                      "teacher": t.get("label", ""), "teacher_accuracy": t.get("accuracy", math.nan),
-                      "teacher_mean_entropy": t.get("mean_entropy", math.nan),
-                      "teacher_nontarget_std": t.get("nontarget_std", math.nan)})
+    for _, r in rows.iterrows():
+        ex = json.loads(r["extra"])
+        teacher = r["teacher"] if isinstance(r["teacher"], str) else ""
+        lines.append({"method": r["method"], "generation": ex.get("generation"), "seed": int(r["seed"]),
+                      "accuracy": r["accuracy"], "wall_time_s": r["wall_time_s"], "teacher": teacher,
+                      "teacher_accuracy": r["teacher_accuracy"] if teacher else math.nan,
+                      **{k: ex[k] for k in ("nll", "ece", "mean_entropy", "nontarget_std", "train_mean_entropy", "train_nontarget_std")},
+                      **{k: ex.get(k, math.nan) for k in ("teacher_mean_entropy", "teacher_nontarget_std")}})
     df = pd.DataFrame(lines, columns=METRIC_COLUMNS)
     df["generation"] = df["generation"].astype("Int64")
     rank = df["method"].map(lambda v: METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER))
@@ -372,64 +462,45 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def run(settings: SelfDistillSettings, out_dir: Path, name: str = "self_distill") -> pd.DataFrame:
-    """Run every (method, seed) as a Ray Tune trial; write results rows, metrics CSVs and reliability
-    diagrams under ``out_dir``; return this run's rows of the results table."""
-    import ray
-    from ray import tune
-
-    init_ray()
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    storage = Path(settings.engine.storage_path or out_dir / "ray").resolve()
-    chash = config_hash(settings.model_dump())
-    run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_tag = f"{run_id}-{chash}"  # fresh Ray Train run names: a rerun never picks up an older run's checkpoints
-    if settings.text_features == "minilm_mean":  # embed the sentences once, before the trials read them
-        SelfDistillMethod(make_task(settings, "ce", 0)).load_split("train")
-        SelfDistillMethod(make_task(settings, "ce", 0)).load_split("test")
-
-    jobs = jobs_of(settings)
-    per_run = settings.engine.num_workers * settings.engine.cpus_per_worker
-    concurrent = settings.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_run))
-    print(f"[raykd] self_distill: {len(jobs)} Tune trials ({', '.join(sorted({j['method'] for j in jobs}))} x "
-          f"seeds {settings.seeds}), {concurrent} at a time, on {settings.data.name}", flush=True)
-    for old in (out_dir / "trials").glob("*.json"):
-        old.unlink()
-    ctx = {"out_dir": str(out_dir), "storage": str(storage), "run_tag": run_tag}
-    tuner = tune.Tuner(
-        # the trial only drives TorchTrainer runs, whose workers hold the CPUs; Tune needs a non-empty
-        # request, so each trial reserves 1 MiB of memory and no CPU
-        tune.with_resources(_trial, {"cpu": 0, "memory": 2**20}),
-        param_space={"settings": settings.model_dump(), "ctx": ctx, "job": tune.grid_search(jobs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=f"{run_tag}-tune", storage_path=str(storage), verbose=0),
-    )
-    grid = tuner.fit()
-    failed = [str(r.error).splitlines()[0] for r in grid if r.error]
-
-    models = [m for f in sorted((out_dir / "trials").glob("*.json")) for m in json.loads(f.read_text())]
-    if not models:
-        raise RuntimeError(f"self_distill: every trial failed; first error: {failed[0] if failed else 'unknown'}")
-    df = append_rows(out_dir, [_row(m, settings, run_id, chash) for m in models])
-    metrics = metrics_table(models)
+def write_tables(cfg, out_dir: Path, rows: pd.DataFrame) -> None:
+    """``self_distill_metrics.csv``, ``self_distill_summary.csv`` and ``reliability.png`` in ``out_dir``."""
+    metrics = metrics_table(rows)
     metrics.to_csv(out_dir / "self_distill_metrics.csv", index=False)
     summary = summarise(metrics)
     summary.to_csv(out_dir / "self_distill_summary.csv", index=False)
-    bins = {}
-    for label in summary["method"]:
-        bins[label] = pool_bins([m["reliability"] for m in models if m["label"] == label])
-    plot_reliability(bins, out_dir / "reliability.png", title=f"{settings.data.name}: reliability (pooled over seeds)")
+    bins = {label: pool_bins([json.loads(e)["reliability"] for e in rows.loc[rows["method"] == label, "extra"]])
+            for label in summary["method"]}
+    plot_reliability(bins, out_dir / "reliability.png", title=f"{cfg.data.name}: reliability (pooled over seeds)")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary[["method", "seeds", "accuracy_mean", "accuracy_std", "nll_mean", "ece_mean",
                        "mean_entropy_mean", "teacher_mean_entropy_mean"]].round(4).to_string(index=False), flush=True)
     print(f"[raykd] self_distill: results in {out_dir} (results.csv, self_distill_metrics.csv, "
           f"self_distill_summary.csv, reliability.png)", flush=True)
-    if failed:
-        raise RuntimeError(f"self_distill: {len(failed)} of {len(jobs)} trials failed; first error: {failed[0]}")
-    return df[df["run_id"] == run_id].reset_index(drop=True)
 
 
-def run_config(cfg) -> pd.DataFrame:
-    """``raykd run`` entry point: a validated run config whose ``self_distill:`` section holds the settings."""
-    return run(cfg.self_distill, Path(cfg.output_dir), name=cfg.name)
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+@register_method("self_distill", settings=SelfDistillSettings, check=check, sections=SECTIONS)
+def run(cfg, ctx) -> list[dict]:
+    """Multi-generation self-distillation and Beta smoothing (Zhang & Sabuncu 2020) on Ray Train."""
+    s = cfg.self_distill
+    data = prepare(cfg.data)
+    write_data_description(ctx.out_dir, data)
+    if s.text_features == "minilm_mean" and data.kind == "text":  # embed the sentences once, before the runs
+        task = build_task(make_task(cfg, "ce", 0))
+        for split in ("train", "test"):
+            task.load_split(split)
+    lanes = plan(s)
+    n = concurrency(cfg, len(lanes))
+    print(f"[raykd] self_distill: {sum(map(len, lanes))} models in {len(lanes)} lanes ({', '.join(s.variants)} x "
+          f"seeds {s.seeds}), {n} at a time, on {cfg.data.name}", flush=True)
+    failures = run_lanes(cfg, ctx, lanes, n)
+    rows = ctx.rows()
+    if len(rows):
+        write_tables(cfg, ctx.out_dir, rows)
+    if failures:
+        print(f"[raykd] self_distill: {len(failures)} of {len(lanes)} lanes failed", flush=True)
+        raise failures[0]
+    return rows.to_dict("records")

@@ -23,7 +23,9 @@ import torch
 
 from raykd.cache import entry, is_complete
 from raykd.data.artifacts import sha256_file
-from raykd.distill.base import TaskSpec, build_method
+from raykd.config import EngineConfig
+from raykd.data.prepare import fingerprint
+from raykd.engine.task import TaskSpec, build_task
 from raykd.paths import cache_dir
 
 _REFS: dict[str, "ray.ObjectRef"] = {}
@@ -31,21 +33,19 @@ _REFS: dict[str, "ray.ObjectRef"] = {}
 
 def _transform_fingerprint(task: TaskSpec) -> str:
     from raykd.data import prepare
-    from raykd.distill import base
+    from raykd.engine import task as task_module
 
-    return hashlib.sha256(inspect.getsource(base.ClassifyMethod.batch).encode()
-                          + inspect.getsource(base.ClassifyMethod._load_split).encode()
+    return hashlib.sha256(inspect.getsource(task_module.ClassifyTask.batch).encode()
+                          + inspect.getsource(task_module.ClassifyTask._load_split).encode()
                           + inspect.getsource(prepare).encode()).hexdigest()[:12]
 
 
 def cache_key(task: TaskSpec, keep_hidden: bool) -> str:
-    from raykd.distill.kd import dataset_fingerprint
-
-    weights = task.teacher.get("weights")
+    weights = task.teacher.weights
     blob = {
-        "teacher": {"name": task.teacher["name"], "args": task.teacher.get("args", {}),
+        "teacher": {"name": task.teacher.name, "args": task.teacher.args,
                     "weights_sha256": sha256_file(Path(weights)) if weights else None},
-        "data": dataset_fingerprint(task.dataset),
+        "data": fingerprint(task.dataset),
         "transform": _transform_fingerprint(task),
         "hidden": keep_hidden,
     }
@@ -53,31 +53,29 @@ def cache_key(task: TaskSpec, keep_hidden: bool) -> str:
 
 
 def _needs_hidden(task: TaskSpec) -> bool:
-    from raykd.engine.teacher_pool import teacher_needs
-
-    return "hidden_states" in teacher_needs(task)
+    return "hidden_states" in task.teacher_needs
 
 
 def estimate_bytes(task: TaskSpec, n: int, num_classes: int) -> int:
     per = num_classes
     if _needs_hidden(task):
-        ctx = build_method(task).teacher_context()
-        per += (ctx.get("teacher_layers", 0) + 1) * int(task.dataset.get("max_length", 64)) * ctx.get("teacher_hidden", 0)
+        ctx = build_task(task).teacher_context()
+        per += (ctx.get("teacher_layers", 0) + 1) * task.dataset.max_length * ctx.get("teacher_hidden", 0)
     return 2 * n * per
 
 
-def build(task: TaskSpec, engine: dict, use_gpu: bool, directory: Path) -> None:
+def build(task: TaskSpec, engine: EngineConfig, use_gpu: bool, directory: Path) -> None:
     """Run the teacher once over the training split with the actor pool and store the outputs in
     ``directory`` (a fresh directory that :func:`raykd.cache.entry` renames into place when complete)."""
     from raykd.engine.teacher_pool import TeacherInference
 
-    method = build_method(task)
+    method = build_task(task)
     n = len(method.load_split("train")["label"])
-    bs = int(task.train.get("batch_size", 128)) * 4
+    bs = task.train.batch_size * 4
     ds = ray.data.range(n).map_batches(
-        TeacherInference, fn_constructor_kwargs={"task": task, "max_length": task.dataset.get("max_length")},
-        batch_size=bs, concurrency=int(engine.get("teacher_actors", 1)),
-        num_cpus=float(engine.get("teacher_cpus", 1.0)), num_gpus=float(engine.get("teacher_gpus", 0.25)) if use_gpu else 0)
+        TeacherInference, fn_constructor_kwargs={"task": task, "max_length": task.dataset.max_length},
+        batch_size=bs, concurrency=engine.teacher_actors, num_cpus=engine.teacher_cpus,
+        num_gpus=engine.teacher_gpus if use_gpu else 0)
     logits, hidden, seen = None, None, 0
     for b in ds.iter_batches(batch_size=bs, batch_format="numpy"):
         idx = b["id"]
@@ -97,10 +95,10 @@ def build(task: TaskSpec, engine: dict, use_gpu: bool, directory: Path) -> None:
         del hidden
     ctx = method.teacher_context()
     (directory / "meta.json").write_text(json.dumps({"examples": n, "teacher_forward_examples": seen,
-                                                    "context": ctx, "teacher": task.teacher["name"]}))
+                                                    "context": ctx, "teacher": task.teacher.name}))
 
 
-def get_or_build(task: TaskSpec, engine: dict, use_gpu: bool = False) -> "ray.ObjectRef | None":
+def get_or_build(task: TaskSpec, engine: EngineConfig, use_gpu: bool = False) -> "ray.ObjectRef | None":
     """An object-store reference to the cached outputs (building them once), or None to go online."""
     keep_hidden = _needs_hidden(task)
     key = cache_key(task, keep_hidden)
@@ -108,10 +106,10 @@ def get_or_build(task: TaskSpec, engine: dict, use_gpu: bool = False) -> "ray.Ob
         return _REFS[key]
     directory = cache_dir("teacher_outputs") / key
     if not is_complete(directory):
-        method = build_method(task)
+        method = build_task(task)
         n = len(method.load_split("train")["label"])
         need = estimate_bytes(task, n, method.num_classes)
-        limit = float(engine.get("teacher_cache_max_gb", 4.0)) * 2**30
+        limit = engine.teacher_cache_max_gb * 2**30
         if need > limit:
             print(f"[raykd] teacher-output cache: {need / 2**30:.1f} GiB of outputs exceed "
                   f"engine.teacher_cache_max_gb={limit / 2**30:g}; computing the teacher online instead", flush=True)

@@ -29,63 +29,20 @@ parameter is accepted).
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Any, Callable
+from typing import Callable
 
 import torch
-from pydantic import BaseModel, Field, NonNegativeInt, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
-from raykd.config import FieldError, LossSpec, Strict, signature_model, validate_params
 from raykd.errors import UserError
-from raykd.registry import Registry
-
-LOSSES: Registry = Registry("loss")
-
-# Which outputs each loss needs from the teacher (so the engine can skip computing / caching the rest).
-NEEDS: dict[str, set[str]] = {}
-# name -> the pydantic model of the loss's parameters
-PARAMS: dict[str, type[BaseModel]] = {}
-
-
-class LossParams(Strict):
-    """Base of a loss's parameter model (a loss without parameters registers this one itself)."""
-
-
-# [teacher_layer, student_layer] pairs of hidden states (0 = the embedding output)
-LayerMap = Annotated[list[Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]], Field(min_length=1)]
-
-
-def register_loss(name: str, obj: Any = None, *, params: type[BaseModel] | None = None):
-    """Register a loss function or ``nn.Module`` class under ``name`` with its parameter model
-    (default: derived from its signature, see the module docstring)."""
-
-    def deco(o):
-        LOSSES.register(name, o)
-        if params is not None:
-            PARAMS[name] = params
-        return o
-
-    return deco(obj) if obj is not None else deco
-
-
-def loss_params(name: str) -> type[BaseModel]:
-    """The parameter model of registered loss ``name``."""
-    if name not in PARAMS:
-        obj = LOSSES.get(name)
-        if inspect.isclass(obj) and issubclass(obj, nn.Module):  # cls(context=..., **params)
-            PARAMS[name] = signature_model(obj, 0, f"{name}_params", exclude=("context",))
-        else:  # f(student_out, teacher_out, batch, **params)
-            PARAMS[name] = signature_model(obj, 3, f"{name}_params")
-    return PARAMS[name]
-
-
-def check_loss_params(name: str, params: dict) -> dict[str, Any]:
-    """Validated keyword arguments of loss ``name`` (defaults filled in); raises :class:`FieldError`
-    naming the parameter, and for an unknown one the closest valid name."""
-    return validate_params(loss_params(name), params, f"parameter of loss {name!r}", also=("weight",)).model_dump()
+from raykd.registry import (LOSSES, NEEDS, PARAMS, LayerMap, LossParams, check_loss_params, loss_params,  # noqa: F401
+                            register_loss)
+from raykd.schema import FieldError
 
 
 def needs(name: str, *keys: str) -> None:
+    """Declare the teacher outputs loss ``name`` reads (also ``register_loss(..., needs=...)``)."""
     NEEDS[name] = set(keys)
 
 
@@ -155,8 +112,8 @@ def loss_names() -> list[str]:
     return LOSSES.names()
 
 
-def _loss_spec(raw: dict, field: str) -> LossSpec:
-    from raykd.config import _format_error
+def _loss_spec(raw: dict, field: str) -> "LossSpec":
+    from raykd.config import LossSpec, _format_error
 
     try:
         return LossSpec.model_validate(raw)

@@ -69,7 +69,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from raykd.config import FieldError
+from raykd.schema import FieldError
 from raykd.errors import UserError
 from raykd.losses import LayerMap, LossParams, needs, register_loss
 from raykd.losses.kd import uniform_layer_map

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import torch
@@ -58,41 +57,13 @@ def size_report(model: nn.Module, example: torch.Tensor | dict, latency: bool = 
     return out
 
 
-# (name, args, num_classes) -> parameter count, or the exception the factory raised
-_META_COUNTS: dict[tuple, int | Exception] = {}
-
-
-def meta_param_count(name: str, args: dict, num_classes: int | None = None) -> int:
-    """Parameter count of a registered model built on the ``meta`` device (no memory, no weights),
-    memoised per spec; raises what the factory raises."""
-    from raykd import models
-
-    key = (name, json.dumps(args, sort_keys=True, default=repr), num_classes)
-    if key not in _META_COUNTS:
-        kwargs = dict(args)
-        if num_classes:
-            kwargs.setdefault("num_classes", num_classes)
-        if name == "minilm-l6":  # the pretrained teacher: its architecture, without reading its files
-            from raykd.models.bert import MINILM_HIDDEN, MINILM_LAYERS
-
-            name, kwargs = "bert", {"num_layers": MINILM_LAYERS, "hidden_size": MINILM_HIDDEN, "num_heads": 12,
-                                    "intermediate_size": 1536, **({"num_classes": num_classes} if num_classes else {})}
-        try:
-            with torch.device("meta"):
-                _META_COUNTS[key] = count_params(models.MODELS.get(name)(**kwargs))
-        except Exception as e:  # noqa: BLE001 - remembered and re-raised to every caller
-            _META_COUNTS[key] = e
-    out = _META_COUNTS[key]
-    if isinstance(out, Exception):
-        raise out
-    return out
-
-
 def param_count_on_meta(name: str, args: dict, num_classes: int | None = None) -> int | None:
     """Parameter count of a registered model built on the ``meta`` device (no memory, no weights).
 
-    Returns None when the model cannot be built this way (e.g. it loads pretrained files)."""
+    Returns None when the model cannot be built this way."""
+    from raykd.registry import meta_model
+
     try:
-        return meta_param_count(name, args, num_classes)
+        return count_params(meta_model(name, args, num_classes))
     except Exception:  # noqa: BLE001 - size check is best-effort; the run itself reports real errors
         return None

@@ -1,4 +1,6 @@
-"""Run a DPD experiment: every (mode, seed) through RLlib, learning curves, checkpoints, result rows.
+"""RLlib plumbing of a DPD experiment: the AlgorithmConfig of one (mode, seed), training it to its
+step budget (resuming from its newest checkpoint), its learning curve and TensorBoard events, and
+the curves' summary and plot. The method itself (items, results rows) is :mod:`raykd.distill.dpd`.
 
 Modes (same harness, same ``PeerEnv`` wrapper): ``dpd`` (two peers + distillation), ``independent``
 (two peers, distillation weight 0) and ``single`` (one RLlib learner of the same algorithm, PPO or
@@ -9,15 +11,15 @@ budget by default, and since no learning-rate schedules are used, its curve read
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pandas as pd
-import ray
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -34,12 +36,9 @@ from ray.rllib.utils.metrics import (
     NUM_MODULE_STEPS_SAMPLED_LIFETIME,
 )
 
-from raykd.errors import UserError
-from raykd.results import append_rows, config_hash, make_row
 from raykd.rl.dpd import DISTILL_LOSS_KEY, DPDConfig, DPDSACConfig
 from raykd.rl.env import PeerEnv, learner_ids, policy_mapping_fn
-from raykd.rl.settings import Mode, RLSettings
-from raykd.runtime import init_ray
+from raykd.rl.settings import DPDSettings, Mode
 
 ROLE = {"dpd": "dpd-", "independent": "independent-", "single": ""}
 
@@ -49,11 +48,10 @@ def method_name(mode: Mode, algorithm: str = "ppo") -> str:
     return ROLE[mode] + algorithm
 
 
-METHOD = {mode: method_name(mode) for mode in ROLE}  # PPO names (kept for callers that predate SAC)
 CURVE_COLUMNS = ["mode", "seed", "iteration", "module", "steps", "env_steps", "return", "distill_loss", "time_s"]
 
 
-def build_config(settings: RLSettings, mode: Mode, seed: int) -> AlgorithmConfig:
+def build_config(settings: DPDSettings, mode: Mode, seed: int) -> AlgorithmConfig:
     """The RLlib AlgorithmConfig of one run: ``DPDConfig``/``DPDSACConfig`` for the peers, plain
     ``PPOConfig``/``SACConfig`` for one learner."""
     s = settings
@@ -96,7 +94,7 @@ def build_config(settings: RLSettings, mode: Mode, seed: int) -> AlgorithmConfig
     return config
 
 
-def run_budget(settings: RLSettings, mode: Mode) -> int:
+def run_budget(settings: DPDSettings, mode: Mode) -> int:
     """Environment steps per learner of one run (``single`` gets the peers' total by default)."""
     return settings.steps_per_learner * (2 if mode == "single" and settings.single_budget == "total" else 1)
 
@@ -106,16 +104,6 @@ def policy_parameters(algo: Algorithm) -> int:
     module = algo.get_module(learner_ids(1)[0])
     critic = ("vf", "qf", "target_")
     return sum(p.numel() for n, p in module.named_parameters() if "critic" not in n and not n.startswith(critic))
-
-
-def _check_env(env_id: str) -> None:
-    env = gym.make(env_id)
-    try:
-        if not isinstance(env.action_space, gym.spaces.Box):
-            raise UserError(f"rl.env: {env_id} has discrete actions; DPD here distils Gaussian action means, "
-                            "so pick a continuous-control task such as HalfCheetah-v5")
-    finally:
-        env.close()
 
 
 def _curve_records(result: dict, mode: str, seed: int, iteration: int, elapsed: float) -> list[dict]:
@@ -135,63 +123,125 @@ def _curve_records(result: dict, mode: str, seed: int, iteration: int, elapsed: 
     return rows
 
 
-def train_one(settings: RLSettings, mode: Mode, seed: int, out_dir: Path,
-              resume: Path | None = None) -> tuple[pd.DataFrame, dict]:
-    """Train one (mode, seed) run to its step budget; returns its curve and its results row."""
-    s, name = settings, f"{mode}-s{seed}"
-    ckpt_dir, curve_path = out_dir / "checkpoints" / name, out_dir / "curves" / f"{name}.csv"
-    curve_path.parent.mkdir(parents=True, exist_ok=True)
-    budget = run_budget(s, mode)
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one (mode, seed) run keeps its state; the same paths on every attempt, so a rerun resumes."""
 
-    t0 = time.perf_counter()
-    old_ckpt = resume / "checkpoints" / name if resume else None
-    if old_ckpt is not None and old_ckpt.exists():
-        algo = Algorithm.from_checkpoint(str(old_ckpt))
-        records = pd.read_csv(resume / "curves" / f"{name}.csv").to_dict("records")
-        print(f"[{name}] resumed from {old_ckpt} at iteration {algo.iteration}", flush=True)
-    else:
-        algo = build_config(s, mode, seed).build_algo()
-        records = []
+    checkpoints: Path  # iteration-NNNNNN/ RLlib checkpoints, the newest kept
+    curve: Path        # its learning curve (CSV), one row per iteration and learner
+    tensorboard: Path  # TensorBoard event files of every iteration's metrics
 
+
+def checkpoints_of(directory: Path) -> list[Path]:
+    """The run's checkpoints, newest first (each is written under a temporary name, then renamed)."""
+    return sorted(directory.glob("iteration-*"), reverse=True) if directory.is_dir() else []
+
+
+def save_checkpoint(algo: Algorithm, directory: Path, keep: int = 2) -> Path:
+    """Save ``algo`` as ``directory/iteration-NNNNNN`` (atomically: a driver killed while saving leaves
+    the earlier checkpoints intact) and drop all but the newest ``keep``."""
+    final = directory / f"iteration-{algo.iteration:06d}"
+    tmp = directory / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    algo.save_to_path(str(tmp))  # RLlib's checkpointing (pyarrow) needs absolute paths
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoints_of(directory)[keep:] + list(directory.glob(".tmp-*")):
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def restore_or_build(settings: DPDSettings, mode: Mode, seed: int, paths: RunPaths, label: str) -> tuple[Algorithm, list[dict]]:
+    """The algorithm restored from the run's newest intact checkpoint with its curve up to there, or
+    a new one with an empty curve."""
+    for ckpt in checkpoints_of(paths.checkpoints):
+        try:
+            algo = Algorithm.from_checkpoint(str(ckpt))
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: try the one before it
+            print(f"[{label}] checkpoint {ckpt} does not load ({type(e).__name__}: {e}); trying an older one", flush=True)
+            continue
+        curve = pd.read_csv(paths.curve) if paths.curve.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
+        records = curve[curve["iteration"] <= algo.iteration].to_dict("records")
+        print(f"[{label}] resumed from {ckpt} at iteration {algo.iteration}", flush=True)
+        return algo, records
+    return build_config(settings, mode, seed).build_algo(), []
+
+
+def flat_scalars(result: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a (nested) RLlib result dict, keyed ``learners/learner_0/dpd_distill_loss``."""
+    out = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_scalars(value, name + "/"))
+        elif isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+            out[name] = float(value)
+    return out
+
+
+def tensorboard_writer(logdir: Path, iteration: int):
+    """A tensorboardX writer (Ray 2.x's Trainable has no logger_creator/UnifiedLogger any more). On a
+    resumed run, ``purge_step`` hides the events an earlier attempt wrote past the restored iteration."""
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(logdir), purge_step=iteration + 1 if iteration else None, flush_secs=10)
+
+
+def train_one(settings: DPDSettings, mode: Mode, seed: int, paths: RunPaths, label: str) -> tuple[pd.DataFrame, dict]:
+    """Train one (mode, seed) run to its step budget, resuming from its newest checkpoint; returns its
+    curve and its figures (returns, steps, throughput, policy parameters, final checkpoint)."""
+    s, budget, t0 = settings, run_budget(settings, mode), time.perf_counter()
+    paths.curve.parent.mkdir(parents=True, exist_ok=True)
+    algo, records = restore_or_build(s, mode, seed, paths, label)
+    writer = tensorboard_writer(paths.tensorboard, algo.iteration)
     steps = min((r["steps"] for r in records if r["iteration"] == records[-1]["iteration"]), default=0.0)
     start, start_steps = time.perf_counter(), None
-    while steps < budget:
-        result = algo.train()
-        new = _curve_records(result, mode, seed, algo.iteration, time.perf_counter() - t0)
-        records += new
-        steps = min(r["steps"] for r in new)
-        if start_steps is None:  # throughput is timed after the first (warm-up) iteration
-            start_steps, start = sum(r["steps"] for r in new), time.perf_counter()
-        returns = " / ".join(f"{r['return']:.1f}" for r in new)
-        distill = " ".join(f"{r['distill_loss']:.4f}" for r in new if not math.isnan(r["distill_loss"]))
-        print(f"[{name}] it {algo.iteration:3d}  steps/learner {steps:8.0f}/{budget}  return {returns}"
-              + (f"  J {distill}" if distill else ""), flush=True)
-        pd.DataFrame(records, columns=CURVE_COLUMNS).to_csv(curve_path, index=False)
-        if s.checkpoint_every and algo.iteration % s.checkpoint_every == 0:
-            algo.save_to_path(str(ckpt_dir))
-    elapsed = time.perf_counter() - start
-    final = [r for r in records if r["iteration"] == records[-1]["iteration"]]
-    sampled = sum(r["steps"] for r in final) - start_steps if start_steps is not None else 0.0
-    algo.save_to_path(str(ckpt_dir))
-    params = policy_parameters(algo)
-    algo.stop()
-
+    try:
+        while steps < budget:
+            result = algo.train()
+            for tag, value in flat_scalars(result).items():
+                writer.add_scalar(tag, value, global_step=algo.iteration)
+            writer.flush()
+            new = _curve_records(result, mode, seed, algo.iteration, time.perf_counter() - t0)
+            records += new
+            steps = min(r["steps"] for r in new)
+            if start_steps is None:  # throughput is timed after the first (warm-up) iteration
+                start_steps, start = sum(r["steps"] for r in new), time.perf_counter()
+            print_iteration(label, algo.iteration, steps, budget, new)
+            pd.DataFrame(records, columns=CURVE_COLUMNS).to_csv(paths.curve, index=False)
+            if s.checkpoint_every and algo.iteration % s.checkpoint_every == 0 and steps < budget:
+                save_checkpoint(algo, paths.checkpoints)
+        elapsed = time.perf_counter() - start
+        final = [r for r in records if r["iteration"] == records[-1]["iteration"]]
+        sampled = sum(r["steps"] for r in final) - start_steps if start_steps is not None else 0.0
+        ckpt = save_checkpoint(algo, paths.checkpoints)
+        params = policy_parameters(algo)
+    finally:
+        writer.close()
+        algo.stop()
     curve = pd.DataFrame(records, columns=CURVE_COLUMNS)
+    return curve, curve_figures(curve, s, mode, final) | {
+        "steps_per_learner": float(steps), "steps_per_s": sampled / elapsed if sampled > 0 else math.nan,
+        "checkpoint": str(ckpt), "params": params, "wall_time_s": time.perf_counter() - t0}
+
+
+def print_iteration(label: str, iteration: int, steps: float, budget: int, new: list[dict]) -> None:
+    returns = " / ".join(f"{r['return']:.1f}" for r in new)
+    distill = " ".join(f"{r['distill_loss']:.4f}" for r in new if not math.isnan(r["distill_loss"]))
+    print(f"[{label}] it {iteration:3d}  steps/learner {steps:8.0f}/{budget}  return {returns}"
+          + (f"  J {distill}" if distill else ""), flush=True)
+
+
+def curve_figures(curve: pd.DataFrame, s: DPDSettings, mode: Mode, final: list[dict]) -> dict:
+    """Final and best peer-mean return of a run (and, for a single learner given the peers' total
+    budget, its return at one peer's budget)."""
     per_iter = curve.groupby("iteration")["return"].mean()  # peer-mean return per iteration
-    extra = {
-        "env": s.env, "mode": mode, "steps_per_learner": float(steps), "final_return": last_finite(per_iter),
-        "best_return": float(per_iter.max()), "final_return_per_learner": {r["module"]: r["return"] for r in final},
-        "steps_per_s": sampled / elapsed if sampled > 0 else math.nan, "checkpoint": str(ckpt_dir),
-    }
+    out = {"final_return": last_finite(per_iter), "best_return": float(per_iter.max()),
+           "final_return_per_learner": {r["module"]: r["return"] for r in final}}
     if mode == "single" and s.single_budget == "total":
         seen = curve.dropna(subset=["return"])
-        extra["return_at_per_learner_budget"] = float(np.interp(s.steps_per_learner, seen["steps"], seen["return"]))
-    row = make_row(method=method_name(mode, s.algorithm), dataset=s.env, student="mlp-" + "x".join(map(str, s.hidden)),
-                   params=float(params), accuracy=float("nan"), wall_time_s=time.perf_counter() - t0, seed=seed,
-                   cfg_hash=config_hash(s.model_dump()), run_id=f"{name}-{config_hash(s.model_dump())}",
-                   eval_split="evaluation episodes", extra=extra)
-    return curve, row
-
+        out["return_at_per_learner_budget"] = float(np.interp(s.steps_per_learner, seen["steps"], seen["return"]))
+    return out
 
 def last_finite(series: pd.Series) -> float:
     """The last non-NaN value (an iteration in which no episode ended reports no return)."""
@@ -236,48 +286,3 @@ def plot_curves(summary: pd.DataFrame, path: Path, title: str, steps_per_learner
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def run(settings: RLSettings, out_dir: Path, resume: str | None = None) -> pd.DataFrame:
-    """Run every (mode, seed) of ``settings``; write curves (CSV + PNG), checkpoints and result rows.
-
-    ``resume`` is a previous ``out_dir``: finished runs are reused, unfinished ones continue from
-    their last RLlib checkpoint. Returns the results rows of this call as a DataFrame.
-    """
-    out_dir = Path(out_dir).resolve()  # RLlib's checkpointing (pyarrow) needs absolute paths
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resume_dir = Path(resume).resolve() if resume else None
-    if resume_dir is not None and not resume_dir.is_dir():
-        raise UserError(f"resume: {resume} is not a directory; pass the output_dir of an earlier rl run")
-    _check_env(settings.env)
-    started = not ray.is_initialized()
-    if started:
-        init_ray(dashboard=False)  # RLlib needs no dashboard (no Ray Train placement-group cleaner here)
-    done_path = out_dir / "finished.json"
-    old_done = resume_dir / "finished.json" if resume_dir else None
-    finished: dict[str, float] = json.loads(old_done.read_text()) if old_done and old_done.exists() else {}
-    curves, rows = [], []
-    try:
-        for seed in settings.seeds:
-            for mode in settings.modes:
-                name = f"{mode}-s{seed}"
-                if finished.get(name, -1.0) >= run_budget(settings, mode):
-                    curves.append(pd.read_csv(resume_dir / "curves" / f"{name}.csv"))
-                    print(f"[{name}] already finished in {resume_dir}; reusing its curve", flush=True)
-                    continue
-                curve, row = train_one(settings, mode, seed, out_dir, resume_dir)
-                curves.append(curve)
-                rows.append(row)
-                append_rows(out_dir, [row])
-                finished[name] = float(curve.groupby("iteration")["steps"].min().iloc[-1])
-                done_path.write_text(json.dumps(finished))
-    finally:
-        if started:
-            ray.shutdown()
-    all_curves = pd.concat(curves, ignore_index=True)
-    all_curves.to_csv(out_dir / "curves.csv", index=False)
-    summary = summarise_curves(all_curves)
-    summary.to_csv(out_dir / "curves_summary.csv", index=False)
-    plot_curves(summary, out_dir / "curves.png", f"{settings.env} ({settings.algorithm.upper()})",
-                settings.steps_per_learner, settings.algorithm)
-    return pd.DataFrame(rows)

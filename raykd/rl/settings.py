@@ -1,4 +1,9 @@
-"""Typed settings of a dual-policy-distillation experiment (the ``rl:`` section of a raykd config)."""
+"""Typed settings of a dual-policy-distillation experiment (the ``dpd:`` section of a raykd config).
+
+Every field has a default. A field that does not apply to the chosen experiment is refused when the
+config is read, not ignored: PPO's fields under ``algorithm: sac`` (and SAC's under ``ppo``), the
+distillation term's fields without a ``dpd`` mode, ``single_budget`` without a ``single`` mode and
+``evaluation_episodes`` without evaluations (:data:`APPLIES`)."""
 
 from __future__ import annotations
 
@@ -7,14 +12,14 @@ from typing import Literal
 import gymnasium as gym
 from pydantic import Field, field_validator, model_validator
 
-from raykd.config import Strict
+from raykd.schema import FieldError, Strict
 
 Mode = Literal["dpd", "independent", "single"]
 MODE_ALIASES = {"ppo_single": "single"}  # the name used before SAC joined
 
 
-class RLSettings(Strict):
-    """Every field has a default; the YAML ``rl:`` section overrides any of them.
+class DPDSettings(Strict):
+    """Every field has a default; the YAML ``dpd:`` section overrides any of them.
 
     Modes: ``dpd`` = two peers with the distillation term; ``independent`` = two peers, distillation
     weight 0 (separates the effect of distillation from having two learners); ``single`` = one
@@ -49,7 +54,7 @@ class RLSettings(Strict):
     activation: Literal["tanh", "relu"] = "tanh"
 
     # PPO (MuJoCo defaults of the PPO paper where RLlib allows)
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(3e-4, gt=0, description="PPO learning rate (SAC: actor_lr, critic_lr, entropy_lr)")
     gae_lambda: float = Field(0.95, ge=0, le=1)
     clip_param: float = Field(0.2, gt=0)
     vf_clip_param: float = Field(1000.0, gt=0)
@@ -88,6 +93,13 @@ class RLSettings(Strict):
     def _known_env(cls, v: str) -> str:
         if v not in gym.registry:
             raise ValueError(f"unknown gymnasium environment {v!r} (e.g. HalfCheetah-v5, InvertedPendulum-v5)")
+        env = gym.make(v)
+        try:
+            if not isinstance(env.action_space, gym.spaces.Box):
+                raise ValueError(f"{v} has discrete actions; DPD here distils Gaussian action means, so pick a "
+                                 "continuous-control task such as HalfCheetah-v5")
+        finally:
+            env.close()
         return v
 
     @field_validator("modes", mode="before")
@@ -103,9 +115,41 @@ class RLSettings(Strict):
         return v
 
     @model_validator(mode="after")
-    def _batch_fits(self) -> "RLSettings":
+    def _applies(self) -> "DPDSettings":
+        for fields, applies, when in APPLIES:
+            for name in sorted(set(fields) & self.model_fields_set):
+                if not applies(self):
+                    raise FieldError(name, f"applies only with {when}; {not_applicable_hint(name, self)}")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "DPDSettings":
         if self.train_batch_size is None:
             self.train_batch_size = 2048 if self.algorithm == "ppo" else 256
         if self.algorithm == "ppo" and self.minibatch_size > self.train_batch_size:
             raise ValueError("minibatch_size must be <= train_batch_size")
         return self
+
+
+PPO_FIELDS = ("lr", "gae_lambda", "clip_param", "vf_clip_param", "entropy_coeff", "grad_clip", "minibatch_size", "num_epochs")
+SAC_FIELDS = ("actor_lr", "critic_lr", "entropy_lr", "tau", "replay_capacity", "learning_starts", "training_intensity")
+DISTILL_FIELDS = ("alpha", "distill_weight", "distill_batch", "distill_interval", "xi_clip", "weight_clip")
+
+# (fields, whether they apply to these settings, when that is): a field set in a config where it does
+# not apply is refused (``model_fields_set``: the fields the config gave, defaults excluded)
+APPLIES = [
+    (PPO_FIELDS, lambda s: s.algorithm == "ppo", "algorithm: ppo"),
+    (SAC_FIELDS, lambda s: s.algorithm == "sac", "algorithm: sac"),
+    (DISTILL_FIELDS, lambda s: "dpd" in s.modes, "a `dpd` mode in modes (the distillation term)"),
+    (("single_budget",), lambda s: "single" in s.modes, "a `single` mode in modes"),
+    (("evaluation_episodes",), lambda s: s.evaluation_interval > 0, "evaluation_interval > 0"),
+]
+
+
+def not_applicable_hint(name: str, s: DPDSettings) -> str:
+    """What to do instead of setting ``name`` where it does not apply."""
+    if name == "lr" and s.algorithm == "sac":
+        return "SAC has one learning rate per optimizer: set actor_lr, critic_lr and entropy_lr"
+    if name in PPO_FIELDS + SAC_FIELDS:
+        return f"remove it, or set algorithm: {'ppo' if name in PPO_FIELDS else 'sac'}"
+    return "remove it"

@@ -1,86 +1,109 @@
-"""The interface between a distillation method and the Ray Train engine, and the built-in
-teacher -> student method for image and text classifiers.
+"""What a Ray Train worker trains: a :class:`TaskSpec` (a typed, picklable description of one
+model's training run) and the :class:`ClassifyTask` that turns it into data, models, losses and
+evaluation. Methods that need more (DynaBERT's sub-networks, Beta smoothing's EMA model) subclass
+``ClassifyTask`` and name their class in ``TaskSpec.kind``; the engine never needs to know which.
 
 The engine calls, on every worker::
 
-    task = TaskSpec(...)                          # plain, picklable description of the run
-    method = build_method(task)
-    arrays = method.load_split("train")           # numpy arrays, preprocessed once
-    student, teacher = method.build_student(), method.build_teacher()
-    loss_fn = method.build_loss(student)          # WeightedLoss (may hold learnable parts)
-    for batch in ...:                             # dict of tensors made by method.batch(arrays, idx)
-        t_out = method.teacher_forward(teacher, batch)   # or read from the cache / actor pool
-        loss, logs = method.loss(student, loss_fn, batch, t_out)
-        ...; method.after_step(student, step)     # e.g. EMA updates
-    metrics = method.evaluate(student, test_arrays)
+    task = spec.kind(spec)
+    arrays = task.load_split("train")            # numpy arrays, preprocessed once per process
+    student, teacher = task.build_student(), task.build_teacher()
+    loss_fn = task.build_loss(student)           # WeightedLoss (may hold learnable parts)
+    for batch in ...:                            # dict of tensors made by task.batch(arrays, idx)
+        t_out = task.teacher_forward(teacher, batch)   # or read from the cache / actor pool
+        loss, logs = task.loss(student, loss_fn, batch, t_out)
+        ...; task.after_step(student, step)      # e.g. EMA updates
+    metrics = task.evaluate(student, test_arrays)
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from raykd import data as D
 from raykd import models as M
+from raykd.config import DataConfig, LossSpec, ModelSpec, TrainConfig
 from raykd.data.prepare import Prepared, prepare
-from raykd.losses import WeightedLoss
-from raykd.registry import Registry
-
-METHODS: Registry = Registry("method")
+from raykd.losses import NEEDS, WeightedLoss
 
 
-@dataclass
-class TaskSpec:
-    """Everything a worker needs to run one student's training (picklable, config-independent)."""
+class TeacherRef(ModelSpec):
+    """A frozen teacher of a task: its architecture and the weights file to load (None: untrained)."""
 
-    dataset: dict[str, Any]                      # DataConfig as a dict
-    student: dict[str, Any]                      # {"name", "args"}
-    teacher: dict[str, Any] | None = None        # {"name", "args", "weights": path or None}
-    losses: list[dict] = field(default_factory=lambda: [{"name": "ce"}])
-    train: dict[str, Any] = field(default_factory=dict)
-    method: str = "classify"
-    extra: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+class TaskSpec(BaseModel):
+    """Everything a worker needs to train one model: typed config sections (dicts are accepted and
+    validated into them), and the task class that runs it."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    dataset: DataConfig
+    student: ModelSpec
+    teacher: TeacherRef | None = None
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="ce")])
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    student_init: Literal["random", "teacher_layers"] = "random"  # teacher_layers: copy the teacher's layers first
+    kind: Any = None  # the ClassifyTask subclass that runs it (None: ClassifyTask); pickled by reference
+    extra: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def uses_teacher(self) -> bool:
-        return self.teacher is not None and any(l["name"] != "ce" for l in self.losses)
+        return self.teacher is not None and any(l.name != "ce" for l in self.losses)
+
+    @property
+    def teacher_needs(self) -> set[str]:
+        """The teacher outputs the losses read (always the logits)."""
+        out: set[str] = {"logits"}
+        for spec in self.losses:
+            out |= NEEDS.get(spec.name, set())
+        return out
+
+    def loss_dicts(self) -> list[dict]:
+        return [l.as_dict() for l in self.losses]
 
 
-def load_arrays(dataset: dict, split: str) -> dict[str, np.ndarray]:
+def num_classes_of(dataset: DataConfig) -> int:
+    if dataset.name != "user":
+        return int(dataset.num_classes or D.info(dataset.name).num_classes)
+    return prepare(dataset).num_classes
+
+
+def build_task(spec: TaskSpec) -> "ClassifyTask":
+    return (spec.kind or ClassifyTask)(spec)
+
+
+def load_arrays(dataset: DataConfig | dict, split: str) -> dict[str, np.ndarray]:
     """One split of a run's prepared data (see :func:`raykd.data.prepare.prepare`)."""
     data = prepare(dataset)
     return data.train if split == "train" else data.test
 
 
-def num_classes_of(dataset: dict) -> int:
-    if dataset.get("name") != "user":
-        return int(dataset.get("num_classes") or D.info(dataset["name"]).num_classes)
-    return prepare(dataset).num_classes
-
-
-class ClassifyMethod:
+class ClassifyTask:
     """Teacher -> student distillation for classifiers: any weighted sum of registered losses.
 
     Images are normalised floats; text is tokenised once with the MiniLM tokenizer.
     """
 
-    def __init__(self, task: TaskSpec):
-        self.task = task
-        self.num_classes = num_classes_of(task.dataset)
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.num_classes = num_classes_of(spec.dataset)
         self._tok = None
         self._splits: dict[str, dict[str, np.ndarray]] = {}
 
     @property
     def data(self) -> Prepared:
         """The run's splits, label names and image normalisation (prepared once per process)."""
-        return prepare(self.task.dataset)
+        return prepare(self.spec.dataset)
 
     # ---- data -------------------------------------------------------------------------------
     def is_text(self, arrays: dict) -> bool:
@@ -92,13 +115,13 @@ class ClassifyMethod:
         return self._splits[split]
 
     def _load_split(self, split: str) -> dict[str, np.ndarray]:
-        arrays = load_arrays(self.task.dataset, split)
+        arrays = load_arrays(self.spec.dataset, split)
         if "text" in arrays:
             from raykd.models.bert import tokenizer
 
             self._tok = self._tok or tokenizer()
             enc = self._tok(list(arrays["text"]), padding="max_length", truncation=True,
-                            max_length=int(self.task.dataset.get("max_length", 64)), return_tensors="np")
+                            max_length=self.spec.dataset.max_length, return_tensors="np")
             arrays = {"input_ids": enc["input_ids"].astype(np.int64),
                       "attention_mask": enc["attention_mask"].astype(np.int64), "label": arrays["label"]}
         return arrays
@@ -122,21 +145,26 @@ class ClassifyMethod:
 
     # ---- models -----------------------------------------------------------------------------
     def build_student(self) -> nn.Module:
-        model = M.build(self.task.student["name"], num_classes=self.num_classes, **self.task.student.get("args", {}))
-        if self.task.extra.get("student_init", "random") == "teacher_layers":
-            from raykd.distill.lm import init_student_from_teacher
+        model = M.build(self.spec.student.name, num_classes=self.num_classes, **self.spec.student.args)
+        if self.spec.student_init == "teacher_layers":
+            from raykd.models.bert import copy_teacher_layers
 
-            init_student_from_teacher(model, self.task.teacher, self.num_classes)
+            copy_teacher_layers(model, self._trained_teacher())
+        return model
+
+    def _trained_teacher(self) -> nn.Module:
+        from raykd.engine.checkpoint import load_weights
+
+        t = self.spec.teacher
+        model = M.build(t.name, num_classes=self.num_classes, **t.args)
+        if t.weights:
+            load_weights(model, t.weights)
         return model
 
     def build_teacher(self) -> nn.Module | None:
-        if not self.task.uses_teacher:
+        if not self.spec.uses_teacher:
             return None
-        from raykd.engine.checkpoint import load_weights
-
-        t = M.build(self.task.teacher["name"], num_classes=self.num_classes, **self.task.teacher.get("args", {}))
-        if self.task.teacher.get("weights"):
-            load_weights(t, self.task.teacher["weights"])
+        t = self._trained_teacher()
         t.eval()
         for p in t.parameters():
             p.requires_grad_(False)
@@ -153,14 +181,9 @@ class ClassifyMethod:
 
     def teacher_context(self) -> dict:
         """The teacher's width and depth without loading its weights (for losses that need them)."""
-        if not self.task.teacher:
+        if not self.spec.teacher:
             return {}
-        if self.task.teacher["name"] == "minilm-l6":
-            from raykd.models.bert import MINILM_HIDDEN, MINILM_LAYERS
-
-            return {"teacher_hidden": MINILM_HIDDEN, "teacher_layers": MINILM_LAYERS}
-        with torch.device("meta"):
-            t = M.build(self.task.teacher["name"], num_classes=self.num_classes, **self.task.teacher.get("args", {}))
+        t = M.meta_model(self.spec.teacher.name, self.spec.teacher.args, self.num_classes)
         cfg = getattr(t, "config", None)
         return {"teacher_hidden": cfg.hidden_size, "teacher_layers": cfg.num_hidden_layers} if cfg is not None else {}
 
@@ -168,7 +191,7 @@ class ClassifyMethod:
         ctx = self.loss_context(student, teacher)
         if teacher is None:
             ctx |= self.teacher_context()
-        return WeightedLoss(self.task.losses, ctx)
+        return WeightedLoss(self.spec.loss_dicts(), ctx)
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, model: nn.Module, batch: dict, needs: set[str] = frozenset()) -> dict:
@@ -195,6 +218,9 @@ class ClassifyMethod:
     def after_step(self, student: nn.Module, step: int) -> None:
         """Hook after each optimizer step (e.g. EMA updates); nothing for plain distillation."""
 
+    def on_epoch_start(self, epoch: int, rank: int) -> None:
+        """Hook at the start of each epoch (1-based) on every worker; nothing by default."""
+
     # ---- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def predict_logits(self, model: nn.Module, arrays: dict, batch_size: int = 512) -> torch.Tensor:
@@ -215,13 +241,6 @@ class ClassifyMethod:
     def example_input(self, arrays: dict) -> torch.Tensor | dict:
         b = self.batch(arrays, np.arange(1))
         return {k: v for k, v in b.items() if k in ("input_ids", "attention_mask")} if "input_ids" in b else b["x"]
-
-
-METHODS.register("classify", ClassifyMethod)
-
-
-def build_method(task: TaskSpec):
-    return METHODS.get(task.method)(task)
 
 
 def lr_at(step: int, total: int, base: float, schedule: str, warmup_fraction: float = 0.0) -> float:

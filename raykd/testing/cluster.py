@@ -298,7 +298,7 @@ class LocalCluster:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m raykd.cluster [--seconds N]``: start the 2-node cluster, print how to reach it, hold it."""
+    """``python -m raykd.testing.cluster [--seconds N]``: start the 2-node cluster, print how to reach it, hold it."""
     import argparse
 
     p = argparse.ArgumentParser(description="Start a head + one worker node Ray cluster on this machine.")
