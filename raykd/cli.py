@@ -10,7 +10,7 @@
     raykd submit CONFIG --address URL          run on a cluster with `ray job submit`
 
 ``--plugin FILE.py|module`` (repeatable) imports user code that registers losses, models, datasets
-or methods, in the driver and in every Ray worker (as ``plugins:`` in the config does).
+or methods, in the driver and in the Ray workers (as ``plugins:`` in the config does).
 User errors (bad config, missing file, unknown name) print one sentence and exit with status 2.
 """
 
@@ -102,7 +102,7 @@ def _config_args(r: argparse.ArgumentParser, run: bool) -> None:
     r.add_argument("config")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
-                   help="import user code (losses, models, datasets, methods) here and in every Ray worker (repeatable)")
+                   help="import user code (losses, models, datasets, methods) here and in the Ray workers (repeatable)")
     if run:
         r.add_argument("--output-dir", default=None, help="override output_dir")
         r.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier attempt of the same run")

@@ -322,7 +322,7 @@ class RunConfig(Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     metric: MetricConfig = Field(default_factory=MetricConfig)
     plugins: list[str] = Field(default_factory=list, description="your own code: module names or .py files, imported "
-                               "before the config is validated and in every Ray worker (register losses, models, ...)")
+                               "before the config is validated and in the Ray workers (register losses, models, ...)")
 
     @model_validator(mode="after")
     def _sweep_keys(self):

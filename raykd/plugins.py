@@ -2,10 +2,16 @@
 methods when imported.
 
 A config lists them under ``plugins:`` (``raykd run --plugin`` adds more). They are imported in the
-driver before the config is validated, so the names they register resolve, and in every Ray worker
-(Train workers, Tune trials, RLlib learners and env runners, tasks): the run's Ray job carries them in
-``RAYKD_PLUGINS`` and Ray runs :func:`setup_worker` in each worker process it starts
-(``runtime_env={"worker_process_setup_hook": ...}``, see :mod:`raykd.runtime`).
+driver before the config is validated, so the names they register resolve, and in the Ray workers
+that run raykd code: the Train workers' loop, Tune trials (they validate their trial's config), the
+teacher-inference actors and dataset distillation's workers call :func:`setup_worker` before they
+build anything. The run's Ray job carries the list in ``RAYKD_PLUGINS`` and the ``.py`` files as
+``py_modules``, so that workers on other nodes can import them (see :mod:`raykd.runtime`).
+
+Ray's ``worker_process_setup_hook`` would import them in every worker process instead, but with it,
+Ray Train's placement-group cleaner on a machine running a second Ray instance judged live
+controllers dead and removed their workers' placement groups (tests/test_plugins.py after another
+test's Ray), so raykd imports plugins where it needs them.
 
 A ``.py`` file is imported as a top-level module named after the file (its folder goes on
 ``sys.path``), so objects defined in it pickle by reference and unpickle in the workers.
@@ -100,28 +106,24 @@ def _shipped(key: str) -> str | None:
     return path if "." not in key else None
 
 
-def runtime_env(plugins: list[str] | None = None, ship_modules: bool = True, upload: bool = True) -> dict:
+def runtime_env(plugins: list[str] | None = None, ship_modules: bool = True) -> dict:
     """The job-level Ray runtime env that makes every worker process import ``plugins`` (default: those
-    loaded here): their files travel as ``py_modules`` (on a cluster only ``.py`` files: module
-    plugins come with the job's own code, e.g. ``raykd submit``'s working_dir) and :func:`setup_worker` imports them when a
-    worker starts (Train workers, Tune trials, RLlib learners and env runners, tasks and actors).
-    ``upload=False`` for an actor's own runtime env, where Ray uploads nothing: there a worker imports a
-    ``.py`` plugin from its path (same machine) or by module name (uploaded with the job)."""
+    loaded here): their list in ``RAYKD_PLUGINS`` and their files as ``py_modules`` (on a cluster only
+    ``.py`` files: module plugins come with the job's own code, e.g. ``raykd submit``'s working_dir),
+    for :func:`setup_worker` in the workers."""
     plugins = loaded() if plugins is None else plugins
     if not plugins:
         return {}
-    shipped = [p for p in (_shipped(k) for k in plugins if ship_modules or k.endswith(".py")) if p] if upload else []
-    # a hook named by string (Ray imports it in each worker) and the list in an environment variable:
-    # both merge with a job's own runtime env under `ray job submit` (env vars merge per variable)
-    env: dict = {"worker_process_setup_hook": "raykd.plugins.worker_hook",
-                 "env_vars": {ENV: json.dumps(list(plugins))}}
+    shipped = [p for p in (_shipped(k) for k in plugins if ship_modules or k.endswith(".py")) if p]
+    # env vars merge per variable with a job's own runtime env under `ray job submit`
+    env: dict = {"env_vars": {ENV: json.dumps(list(plugins))}}
     if shipped:
         env["py_modules"] = list(dict.fromkeys(shipped))
     return env
 
 
 def setup_worker(plugins: list[str] | None = None) -> None:
-    """Ray's ``worker_process_setup_hook``: import the plugins (given, or named in ``RAYKD_PLUGINS``).
+    """In a Ray worker: import the plugins (given, or named in ``RAYKD_PLUGINS``).
     A ``.py`` plugin is imported by its module name (``py_modules`` put it on the worker's path), else
     from its absolute path where the file exists on that machine. Raises :class:`UserError` naming the
     plugin that fails."""
@@ -143,12 +145,3 @@ def setup_worker(plugins: list[str] | None = None) -> None:
                 raise UserError(f"plugins: {key}: cannot be imported on this Ray worker ({os.uname().nodename}); "
                                 "install it there or give it as a .py file") from None
             load_plugins([key])
-
-
-def worker_hook() -> None:
-    """The hook Ray runs as each worker process starts: an error is printed, not raised (a raising hook
-    kills the worker with no message); the run's own call of :func:`setup_worker` then reports it."""
-    try:
-        setup_worker()
-    except Exception as e:  # noqa: BLE001 - reported where the worker's output is seen
-        print(f"[raykd] plugins: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

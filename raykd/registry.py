@@ -4,7 +4,7 @@ Configs refer to registered names only; nothing is imported by string from a con
 knows the package that registers the built-in entries and imports it the first time a name is looked
 up, so the config layer can check names without importing the parts that define them. Users add their
 own entries with the ``register_*`` functions, from a plugin (``plugins:`` in a config, imported in
-the driver and in every Ray worker).
+the driver and in the Ray workers).
 
 Every entry declares what a config may say about it:
 

@@ -47,9 +47,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
 
     if ray.is_initialized():
         job_env = ray.get_runtime_context().runtime_env or {}
-        if plugins and job_env.get("worker_process_setup_hook") != "raykd.plugins.worker_hook":
-            print("[raykd] Ray was started before raykd: the plugins reach Ray Train workers (their own runtime env) "
-                  "but not other Ray workers; to reach all, start Ray with "
+        if plugins and "RAYKD_PLUGINS" not in job_env.get("env_vars", {}):
+            print("[raykd] Ray was started before raykd: the plugins reach Ray Train workers (their loop is given "
+                  "them) but not Tune trials or teacher actors on other nodes; start Ray with "
                   "ray.init(runtime_env=raykd.plugins.runtime_env()) or let raykd start it", flush=True)
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -96,7 +96,13 @@ def _start_local(*, num_cpus: int | None, dashboard: bool, logging_level: str, *
     # ENABLE_RAY_CLUSTER is read from the environment when Ray is imported (usually before this), and
     # the dashboard agent's HTTP port defaults to a fixed 52365 (0: a free port, as Ray's own
     # cluster_utils starts several nodes on one machine). The processes started read the environment.
-    with _environ(local_env()), mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False), \
+    env = local_env()
+    job_env = init_kwargs.get("runtime_env")
+    if job_env and "env_vars" in job_env:
+        # a worker started with the job's env vars must still find this instance (Ray Train's placement
+        # group cleaner looks it up; with another Ray on the machine it would give up and remove the group)
+        init_kwargs["runtime_env"] = {**job_env, "env_vars": {**job_env["env_vars"], "RAY_ADDRESS": env["RAY_ADDRESS"]}}
+    with _environ(env), mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False), \
             mock.patch.object(RayParams, "__init__", functools.partialmethod(RayParams.__init__, dashboard_agent_listen_port=0)):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  logging_level=logging_level, **init_kwargs)

@@ -40,6 +40,7 @@ from raykd.distill.dataset import (
 from raykd.engine.checkpoint import DamagedCheckpoint, restore_newest
 from raykd.engine.trainer import cluster_has_gpus, worker_env
 from raykd.paths import atomic_write_bytes, cache_dir
+from raykd.plugins import setup_worker
 from raykd.results import config_hash
 
 UNSEEN_INIT_SEED = 7_000_000  # evaluation inits are drawn from seeds no training iteration uses
@@ -52,6 +53,7 @@ PROBE_INIT_SEED = 6_999_999   # the init behind the quick accuracy printed durin
 
 def distill_loop_per_worker(config: dict) -> None:
     """Outer loop on one worker: meta-gradient on local real data, all-reduce, Adam step, report."""
+    setup_worker()  # the run's plugins (a user's dataset or learner)
     recipe: Recipe = config["recipe"]
     s = recipe.settings
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()

@@ -14,12 +14,14 @@ import torch
 
 from raykd.config import EngineConfig
 from raykd.engine.task import TaskSpec, build_task
+from raykd.plugins import setup_worker
 
 
 class TeacherInference:
     """A Ray Data callable class: one frozen teacher per actor."""
 
     def __init__(self, task: TaskSpec, max_length: int | None = None):
+        setup_worker()  # the run's plugins (a user's teacher model)
         torch.set_num_threads(1)
         self.task = build_task(task)
         self.arrays = self.task.load_split("train")

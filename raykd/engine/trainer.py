@@ -40,7 +40,7 @@ from raykd.config import EngineConfig, TrainConfig
 from raykd.engine.checkpoint import load_state, restore_newest, save_state, unwrap
 from raykd.engine.task import ClassifyTask, TaskSpec, build_task, lr_at
 from raykd.metrics import distillation_score
-from raykd.plugins import setup_worker
+from raykd.plugins import loaded, setup_worker
 
 
 def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
@@ -189,7 +189,8 @@ def _setup(config: dict) -> Worker:
 
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker: resume, then train and evaluate epoch by epoch."""
-    setup_worker()  # the run's plugins (done by Ray's setup hook already, unless Ray predates them)
+    # the run's plugins (given here too: Ray may have been started before them, e.g. in a notebook)
+    setup_worker(config.get("plugins"))
     w = _setup(config)
     state = restore_newest(ray.train.get_checkpoint(), lambda d: load_state(d, w.student, w.optimizer, {"loss": w.loss_fn}),
                            lambda msg: _log(w.rank, f"{w.label}: {msg}"))
@@ -283,15 +284,9 @@ def cluster_has_gpus() -> bool:
 
 def worker_env() -> dict:
     """Runtime environment of the Train workers: the driver's ``RAYKD_HOME`` and ``RAYKD_WHEELS``, when it
-    sets them, so the workers read and build the same cache as the driver; and the plugins loaded here
-    (also when Ray was started before them, e.g. in a notebook, so the job's own env lacks them)."""
-    from raykd.plugins import runtime_env
-
+    sets them, so the workers read and build the same cache as the driver."""
     env = {k: str(Path(os.environ[k]).expanduser().resolve()) for k in ("RAYKD_HOME", "RAYKD_WHEELS") if os.environ.get(k)}
-    out = runtime_env(ship_modules=False, upload=False)
-    if env or out.get("env_vars"):
-        out["env_vars"] = {**out.get("env_vars", {}), **env}
-    return out
+    return {"env_vars": env} if env else {}
 
 
 def fit(task: TaskSpec | dict, engine: EngineConfig | dict, name: str, storage_path: str | Path, label: str | None = None,
@@ -302,7 +297,8 @@ def fit(task: TaskSpec | dict, engine: EngineConfig | dict, name: str, storage_p
     task = task if isinstance(task, TaskSpec) else TaskSpec.model_validate(task)
     engine = engine if isinstance(engine, EngineConfig) else EngineConfig.model_validate(engine)
     use_gpu = cluster_has_gpus() if engine.use_gpu is None else engine.use_gpu
-    config: dict[str, Any] = {"task": task, "engine": engine, "label": label or task.student.display, **(extra_config or {})}
+    config: dict[str, Any] = {"task": task, "engine": engine, "label": label or task.student.display,
+                              "plugins": loaded(), **(extra_config or {})}
     datasets = None
     if task.uses_teacher and engine.teacher_placement == "actor_pool":
         from raykd.engine.teacher_pool import teacher_output_dataset
