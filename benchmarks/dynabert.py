@@ -4,7 +4,9 @@ DynaBERT's own objective (logits + hidden MSE) vs the CKD objective (KD + WR + L
 Both runs start from the same rewired teacher (same importance batches), train on the same subset
 for the same budget on the Ray Train engine, and evaluate every sub-network on the same test split.
 Each sub-network is a results row with its own parameters and distillation metric DS (a = 0.5, size
-by parameters; lower is better).
+by parameters; lower is better). Sub-networks are exported as genuinely smaller models (fewer layers,
+heads and FFN neurons), so the table also gives each one's safetensors file size and measured CPU
+latency (median ms per forward pass at batch 1 and at batch 32, OMP_NUM_THREADS=1).
 
 Run (about 20-25 minutes on 2 CPU cores once the teacher is cached; ``--check`` only validates):
     flock /tmp/raykd-heavy.lock python benchmarks/dynabert.py
@@ -75,31 +77,28 @@ def main() -> None:
 
 
 def summarise(frames: list, args, wall_s: float) -> None:
-    """Print the width x depth table of both objectives and write the JSON summaries."""
+    """Print the width x depth table of both objectives (with each exported sub-network's size and CPU
+    latency) and write the JSON summaries."""
     import pandas as pd
 
     df = pd.concat(frames, ignore_index=True)
     subs = df[df["method"] != "teacher"].copy()
-    subs["width"] = subs["extra"].map(lambda e: json.loads(e)["width"])
-    subs["depth"] = subs["extra"].map(lambda e: json.loads(e)["depth"])
-    grid = subs.groupby(["width", "depth", "method"]).agg(params=("params", "first"), accuracy=("accuracy", "mean"),
-                                                          std=("accuracy", "std"), ds=("ds", "mean")).reset_index()
+    extra = subs["extra"].map(json.loads)
+    for key in ("width", "depth", "latency_ms", "latency_ms_batch32"):
+        subs[key] = extra.map(lambda e: e.get(key, float("nan")))
     teacher = df[df["method"] == "teacher"].iloc[0]
     print(f"\nmovie_reviews, teacher minilm-l6 {int(teacher['params']):,} params, test accuracy "
           f"{teacher['accuracy']:.4f} (test subset {args.test_subset}); adaptive training on {args.train_subset} "
           f"sentences, {args.epochs} epoch(s), seeds {args.seeds}")
-    print(f"{'width':>5s} {'depth':>5s} {'params':>11s} | {'DynaBERT loss':>13s} {'DS':>7s} | {'CKD loss':>9s} {'DS':>7s}")
-    rows = []
-    for (w, d), g in grid.groupby(["width", "depth"]):
-        r = {"width": w, "depth": d, "params": int(g["params"].iloc[0])}
-        for m in ("dynabert-dynabert", "dynabert-ckd"):
-            gm = g[g["method"] == m]
-            if len(gm):
-                key = m.split("-")[1]
-                r[f"{key}_accuracy"], r[f"{key}_ds"] = float(gm["accuracy"].iloc[0]), float(gm["ds"].iloc[0])
-        rows.append(r)
-        print(f"{w:5.2f} {d:5.2f} {r['params']:11,d} | {r.get('dynabert_accuracy', float('nan')):13.4f} "
-              f"{r.get('dynabert_ds', float('nan')):7.4f} | {r.get('ckd_accuracy', float('nan')):9.4f} {r.get('ckd_ds', float('nan')):7.4f}")
+    print("size and latency of each exported sub-network (model.safetensors; CPU, median ms per forward pass)")
+    print(f"{'width':>5s} {'depth':>5s} {'params':>11s} {'file MB':>8s} {'ms b=1':>7s} {'ms b=32':>8s} | "
+          f"{'DynaBERT loss':>13s} {'DS':>7s} | {'CKD loss':>9s} {'DS':>7s}")
+    rows = [summary_row(w, d, g) for (w, d), g in subs.groupby(["width", "depth"])]
+    for r in rows:
+        print(f"{r['width']:5.2f} {r['depth']:5.2f} {r['params']:11,d} {r['file_mb']:8.2f} {r['latency_ms_b1']:7.2f} "
+              f"{r['latency_ms_b32']:8.2f} | {r.get('dynabert_accuracy', float('nan')):13.4f} "
+              f"{r.get('dynabert_ds', float('nan')):7.4f} | {r.get('ckd_accuracy', float('nan')):9.4f} "
+              f"{r.get('ckd_ds', float('nan')):7.4f}")
     result = {"benchmark": "dynabert", "dataset": "movie_reviews", "teacher": "minilm-l6",
               "teacher_accuracy": float(teacher["accuracy"]), "teacher_params": int(teacher["params"]),
               "train_subset": args.train_subset, "test_subset": args.test_subset, "epochs": args.epochs,
@@ -108,6 +107,20 @@ def summarise(frames: list, args, wall_s: float) -> None:
     (HERE / "out" / "dynabert.json").write_text(json.dumps(result, indent=2))
     (HERE / "dynabert_summary.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {HERE / 'out' / 'dynabert.json'}")
+
+
+def summary_row(width: float, depth: float, g) -> dict:
+    """One (width, depth) sub-network: its exported size and latency (the same model under either
+    objective: the median over its rows), and the accuracy and DS of each objective."""
+    r = {"width": width, "depth": depth, "params": int(g["params"].iloc[0]), "file_bytes": int(g["bytes"].iloc[0]),
+         "file_mb": float(g["bytes"].iloc[0]) / 1e6, "latency_ms_b1": float(g["latency_ms"].median()),
+         "latency_ms_b32": float(g["latency_ms_batch32"].median())}
+    for m in ("dynabert-dynabert", "dynabert-ckd"):
+        gm = g[g["method"] == m]
+        if len(gm):
+            key = m.split("-")[1]
+            r[f"{key}_accuracy"], r[f"{key}_ds"] = float(gm["accuracy"].mean()), float(gm["ds"].mean())
+    return r
 
 
 if __name__ == "__main__":

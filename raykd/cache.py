@@ -128,3 +128,20 @@ def entry(path: str | Path, build: Callable[[Path], None], load: Callable[[Path]
             return value
         _build(path, build)
     return load(path)
+
+
+def files_fingerprint(args: dict) -> str | None:
+    """Identifies the local files a model's ``args`` name (``path``, ``weights``, ``config``, ``tokenizer``):
+    names, sizes and modification times, so a cache keyed on it misses when a user's model changes;
+    None when the args name no files."""
+    import hashlib
+
+    seen = []
+    for key in ("path", "weights", "config", "tokenizer"):
+        value = args.get(key)
+        p = Path(str(value)).expanduser() if isinstance(value, str) else None
+        if p is None or not p.exists():
+            continue
+        files = sorted(f for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+        seen += [(key, str(f.relative_to(p) if p.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(seen).encode()).hexdigest()[:16] if seen else None

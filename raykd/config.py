@@ -77,6 +77,10 @@ class DataConfig(Strict):
         return self
 
 
+# model args that may name local files or directories (hf: path/config/tokenizer, timm: weights)
+FILE_ARGS = ("path", "weights", "config", "tokenizer")
+
+
 class ModelSpec(Strict):
     name: str
     args: dict[str, Any] = Field(default_factory=dict)
@@ -91,6 +95,12 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _args(self):
+        # local files a model reads are made absolute here, on the driver: Ray workers and sweep trials
+        # run in other directories
+        for key in FILE_ARGS:
+            value = self.args.get(key)
+            if isinstance(value, str) and value and Path(value).expanduser().exists():
+                self.args[key] = str(Path(value).expanduser().resolve())
         check_args(self.name, self.args)
         return self
 

@@ -119,23 +119,46 @@ def register_dataset(info: DatasetInfo) -> DatasetInfo:
 MODELS: Registry[Callable] = Registry("model", builtins="raykd.models")
 # a factory of the same architecture that reads no files (e.g. a pretrained model's shape)
 _META_FACTORIES: dict[str, Callable] = {}
-# arguments the runners pass themselves (from the dataset), so a config's ``args`` may not set them
-RUNTIME_ARGS = ("num_classes",)
+# arguments the runners pass themselves (from the dataset), so a config's ``args`` may not set them:
+# ``num_classes`` always; ``input_shape`` ([C, H, W] of the images) and ``label_names`` (the data's class
+# names, in label order) only to factories that name them as parameters
+RUNTIME_ARGS = ("num_classes", "input_shape", "label_names")
+# name -> f(**args) -> the model's tokenizer (text models that bring their own; the rest use MiniLM's)
+_TOKENIZERS: dict[str, Callable] = {}
 _ARGS: dict[str, type[BaseModel]] = {}
 _META: dict[tuple, Any] = {}
 
 
-def register_model(name: str, obj: Callable | None = None, *, meta: Callable | None = None):
+def register_model(name: str, obj: Callable | None = None, *, meta: Callable | None = None,
+                   tokenizer: Callable | None = None):
     """Register a model factory ``f(num_classes=..., **args) -> nn.Module`` under ``name``; ``meta`` is
-    an optional factory of the same architecture that reads no files (used to check configs)."""
+    an optional factory of the same architecture that reads no files (used to check configs), and
+    ``tokenizer`` an optional ``f(**args)`` returning the tokenizer of a text model that brings its own
+    (a Hugging Face tokenizer; models without one read MiniLM's WordPiece ids)."""
 
     def deco(o: Callable) -> Callable:
         MODELS.register(name, o)
         if meta is not None:
             _META_FACTORIES[name] = meta
+        if tokenizer is not None:
+            _TOKENIZERS[name] = tokenizer
         return o
 
     return deco(obj) if obj is not None else deco
+
+
+def model_tokenizer(name: str, args: dict):
+    """The tokenizer registered model ``name`` reads with ``args``, or None (MiniLM's WordPiece)."""
+    MODELS.get(name)
+    fn = _TOKENIZERS.get(name)
+    return fn(**args) if fn is not None else None
+
+
+def runtime_kwargs(name: str, **available) -> dict:
+    """The runtime arguments (see ``RUNTIME_ARGS``) that model ``name``'s factory takes: ``num_classes``
+    always, the others only when the factory names them as parameters."""
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {k: v for k, v in available.items() if v is not None and (k == "num_classes" or k in params)}
 
 
 def args_model(name: str) -> type[BaseModel]:
@@ -177,6 +200,8 @@ def check_args(name: str, args: dict, field: str = "args") -> None:
         raise FieldError(f"{field}.{e.where}" if e.where else field, str(e)) from None
     try:
         meta_model(name, args)
+    except UserError as e:  # a named file is missing or unreadable
+        raise FieldError(field, str(e)) from None
     except (TypeError, ValueError) as e:
         raise FieldError(field, f"model {name!r} refuses these arguments ({e}); fix them") from None
     except Exception:  # noqa: BLE001 - a factory that cannot be built on meta (e.g. reads files): the run checks it

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,6 +116,115 @@ def test_subnetwork_params_count_only_kept_weights():
     per_layer_full = 4 * (D * D + D) + 2 * D + (D * I + I) + (I * D + D) + 2 * D
     per_layer_half = 4 * (D * D // 2) + 3 * D // 2 + D + 2 * D + (D * I // 2 + I // 2) + (I // 2 * D + D) + 2 * D
     assert DB.subnetwork_params(net, 0.5, 0.5) == count_params(net) - L * per_layer_full + 2 * per_layer_half
+
+
+def _arbitrary_net(seed: int = 5) -> torch.nn.Module:
+    """A rewired-looking net: every weight perturbed (non-zero biases, LayerNorms off 1/0) and heads and
+    neurons permuted by random importance scores, so slicing the wrong rows would show."""
+    net = _net(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        DB.reorder_(net, torch.rand(4, 4), torch.rand(4, 128))
+    return net
+
+
+def _sentences(seed: int = 2) -> dict[str, torch.Tensor]:
+    """Token ids shaped like tokenised sentences: [CLS] words [SEP] then [PAD] (id 0, masked) to the longest."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [16, 5, 11, 3, 16, 9, 7, 14]
+    ids = torch.zeros(len(lengths), 16, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.cat([torch.tensor([101]), torch.randint(1996, 29000, (n - 2,), generator=g), torch.tensor([102])])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+def _attention_ffn_params(model: torch.nn.Module) -> int:
+    """Parameters of the encoder layers' attention projections and FFN (no LayerNorms)."""
+    return sum(p.numel() for n, p in model.bert.encoder.named_parameters() if "LayerNorm" not in n)
+
+
+@pytest.mark.parametrize("width,depth", [(0.25, 1.0), (0.25, 0.5), (0.5, 0.5), (0.5, 1.0), (0.75, 0.75), (1.0, 0.5)])
+def test_exported_subnetwork_is_smaller_and_computes_the_view(width, depth):
+    from transformers import BertForSequenceClassification
+
+    from raykd.models.hf_export import PrunedBertForSequenceClassification
+    from raykd.models.size import count_params
+
+    net, b = _arbitrary_net(), _sentences()
+    view = DB.DynaBert(net).eval()(b["input_ids"], b["attention_mask"], ((width, depth),))[0]["logits"]
+    sub = DB.extract_subnetwork(net, width, depth)
+    out = sub(**b, output_attentions=True)
+    torch.testing.assert_close(out.logits, view, atol=1e-5, rtol=0)
+
+    s = DB.subnet_shape(net.config, width, depth)
+    D, I, H, dh = 64, 128, 4, 16
+    assert type(sub) is (BertForSequenceClassification if s.heads == H else PrunedBertForSequenceClassification)
+    assert sub.config.id2label == net.config.id2label and len(sub.bert.encoder.layer) == len(s.layers)
+    assert [a.shape[1] for a in out.attentions] == [s.heads] * len(s.layers)  # eager attention, k heads each
+    att = sub.bert.encoder.layer[0].attention
+    assert att.self.query.weight.shape == (s.heads * dh, D) and att.output.dense.weight.shape == (D, s.heads * dh)
+    assert sub.bert.encoder.layer[0].intermediate.dense.weight.shape == (s.neurons, D)
+
+    # attention + FFN parameters scale with the kept fraction; only the output biases of W_O and W_2 do not
+    k, n = s.heads * dh, s.neurons
+    assert _attention_ffn_params(sub) == len(s.layers) * (4 * D * k + 3 * k + D + 2 * D * n + n + D)
+    per_layer_full = _attention_ffn_params(net) / 4
+    ratio = _attention_ffn_params(sub) / (len(s.layers) * per_layer_full)
+    assert abs(ratio - width) <= 2 * D / per_layer_full + 1e-9, (ratio, width)
+    assert DB.subnetwork_params(net, width, depth) == count_params(sub) < count_params(net)
+
+
+_RELOAD = """
+import json, sys, torch
+from transformers import AutoModelForSequenceClassification
+batch = {k: torch.tensor(v) for k, v in json.loads(sys.argv[1]).items()}
+out = {}
+for path in sys.argv[2:]:
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+    with torch.no_grad():
+        out[path] = {"class": type(model).__name__, "logits": model(**batch).logits.tolist()}
+assert not any(m == "raykd" or m.startswith("raykd.") for m in sys.modules), "raykd was imported"
+print(json.dumps(out))
+"""
+
+
+def test_exported_subnetworks_reload_in_a_process_without_raykd(tmp_path):
+    """Saved with save_pretrained, each sub-network loads with AutoModelForSequenceClassification
+    (trust_remote_code) where raykd was never imported, and predicts as it did; its safetensors file
+    is the full model's minus 4 bytes per removed parameter."""
+    from raykd.models.size import count_params
+
+    net, b = _arbitrary_net(), _sentences()
+    net.save_pretrained(tmp_path / "full")
+    full_bytes = (tmp_path / "full" / "model.safetensors").stat().st_size
+    expected = {}
+    for w, d in ((0.25, 0.5), (0.5, 1.0), (1.0, 0.5)):
+        sub = DB.extract_subnetwork(net, w, d)
+        path = tmp_path / f"w{w:g}-d{d:g}"
+        sub.save_pretrained(path)
+        with torch.no_grad():
+            expected[str(path)] = sub(**b).logits
+        size = (path / "model.safetensors").stat().st_size
+        assert abs((full_bytes - size) - 4 * (count_params(net) - count_params(sub))) < 4096  # headers differ
+        config = json.loads((path / "config.json").read_text())
+        if w < 1.0:
+            assert config["model_type"] == "raykd_pruned_bert" and (path / "hf_export.py").exists()
+            assert config["auto_map"]["AutoModelForSequenceClassification"] == "hf_export.PrunedBertForSequenceClassification"
+        else:
+            assert config["model_type"] == "bert" and "auto_map" not in config
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
+    batch = json.dumps({k: v.tolist() for k, v in b.items()})
+    proc = subprocess.run([sys.executable, "-c", _RELOAD, batch, *expected], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for path, logits in expected.items():
+        assert got[path]["class"] == ("BertForSequenceClassification" if "w1-" in path else "PrunedBertForSequenceClassification")
+        back = torch.tensor(got[path]["logits"])
+        torch.testing.assert_close(back, logits, atol=1e-5, rtol=0)
+        assert torch.equal(back.argmax(-1), logits.argmax(-1))
 
 
 def test_settings_defaults_and_errors():

@@ -21,10 +21,12 @@ depth multiplier m_d keeps round(m_d * N) of the N layers, dropping every (N / d
    where a kept layer is matched to the teacher layer at the same original position.
    (The paper trains width first and then width + depth with the width-adaptive model as teacher;
    here both are trained in one stage from the fixed teacher, a simplification for small budgets.)
-4. Every sub-network is extracted into its own ``BertForSequenceClassification`` (fewer layers,
-   fewer FFN neurons; dropped heads are zero rows/columns because a BERT config has one head size
-   derived from the width), evaluated on the test split, saved with ``save_pretrained`` and recorded
-   as its own results row whose size is the sub-network's own parameters (dropped heads not counted).
+4. Every sub-network is extracted into its own, genuinely smaller model: fewer layers, fewer FFN
+   neurons and fewer heads (sliced weights; a ``BertForSequenceClassification`` when all heads are
+   kept, else a ``PrunedBertForSequenceClassification`` from raykd/models/hf_export.py, whose config
+   holds the head size and whose code is saved alongside), evaluated on the test split, saved with
+   ``save_pretrained`` and recorded as its own results row: its parameters, safetensors file bytes,
+   MACs and CPU latency.
    Rows are labelled ``dynabert-ckd`` when the losses include CKD relations, else ``dynabert-dynabert``.
 
 Config: the shared ``data``, ``teacher``, ``losses``, ``train`` and ``engine`` sections, and
@@ -35,7 +37,6 @@ Config: the shared ``data``, ``teacher``, ``losses``, ``train`` and ``engine`` s
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -57,7 +58,7 @@ from raykd.engine.task import ClassifyTask, TaskSpec, TeacherRef, build_task
 from raykd.engine.trainer import fit
 from raykd.losses import LOSSES, NEEDS, WeightedLoss
 from raykd.method import register_method
-from raykd.models.size import cpu_latency_ms, macs_per_example, size_report
+from raykd.models.size import count_params, cpu_latency_ms, macs_per_example, size_report
 from raykd.paths import atomic_write_bytes
 from raykd.results import make_row
 from raykd.schema import FieldError, Strict
@@ -235,18 +236,6 @@ class DynaBert(nn.Module):
         return [subnet_forward(self.net, emb, attention_mask, w, d) for w, d in subnets]
 
 
-class SubNetwork(nn.Module):
-    """A fixed (width, depth) sub-network as a plain ``(input_ids, attention_mask) -> logits`` module
-    (for MAC counting and latency)."""
-
-    def __init__(self, adaptive: DynaBert, width: float, depth: float):
-        super().__init__()
-        self.adaptive, self.width, self.depth = adaptive, width, depth
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.adaptive(input_ids, attention_mask, ((self.width, self.depth),))[0]["logits"]
-
-
 # ----------------------------------------------------------------------------------------------
 # Network rewiring: importance of heads and neurons, and the permutation that sorts them
 # ----------------------------------------------------------------------------------------------
@@ -294,55 +283,68 @@ def reorder_(net: nn.Module, head_importance: torch.Tensor, neuron_importance: t
 
 
 # ----------------------------------------------------------------------------------------------
-# Extraction: a sub-network as its own Hugging Face model
+# Extraction: a sub-network as its own, smaller Hugging Face model
 # ----------------------------------------------------------------------------------------------
+
+def subnet_config(config, s: Shape):
+    """The config of the extracted sub-network: ``BertConfig`` when every head is kept, else a
+    :class:`~raykd.models.hf_export.PrunedBertConfig` with ``s.heads`` heads of the original head size."""
+    from transformers import BertConfig
+
+    from raykd.models.hf_export import PrunedBertConfig
+
+    fields = config.to_dict() | {"num_hidden_layers": len(s.layers), "intermediate_size": s.neurons}
+    for key in ("model_type", "architectures", "auto_map", "transformers_version"):
+        fields.pop(key, None)
+    if s.heads == config.num_attention_heads:
+        cfg = BertConfig(**fields)
+    else:
+        cfg = PrunedBertConfig(**fields | {"num_attention_heads": s.heads, "attention_head_size": s.head_size})
+    cfg._attn_implementation = "eager"  # like every raykd BERT: attention maps can be returned
+    return cfg
+
 
 @torch.no_grad()
 def extract_subnetwork(net: nn.Module, width: float, depth: float) -> nn.Module:
-    """A standalone ``BertForSequenceClassification`` computing the (width, depth) sub-network.
+    """The (width, depth) sub-network as a standalone, genuinely smaller sequence classifier.
 
-    Layers and FFN neurons are really removed; dropped heads become zero rows of W_Q, W_K, W_V and
-    zero columns of W_O (a BERT config derives one head size from the width, so the head count stays).
+    Kept layers only; in each, the first ``s.heads`` heads (rows of W_Q, W_K, W_V, columns of W_O)
+    and the first ``s.neurons`` FFN neurons (rows of W_1, columns of W_2): rewiring sorted both by
+    importance. A ``BertForSequenceClassification`` when every head is kept, else a
+    ``PrunedBertForSequenceClassification`` (raykd/models/hf_export.py, saved with its code).
     """
     from transformers import BertForSequenceClassification
 
+    from raykd.models.hf_export import PrunedBertConfig, PrunedBertForSequenceClassification
+
     s = subnet_shape(net.config, width, depth)
-    cfg = copy.deepcopy(net.config)
-    cfg.num_hidden_layers, cfg.intermediate_size = len(s.layers), s.neurons
-    cfg._attn_implementation = "eager"
-    sub = BertForSequenceClassification(cfg).eval()
-    sub.bert.embeddings.load_state_dict(net.bert.embeddings.state_dict())
-    sub.bert.pooler.load_state_dict(net.bert.pooler.state_dict())
-    sub.classifier.load_state_dict(net.classifier.state_dict())
+    cfg = subnet_config(net.config, s)
+    cls = PrunedBertForSequenceClassification if isinstance(cfg, PrunedBertConfig) else BertForSequenceClassification
+    sub = cls(cfg).eval()
+    for part in ("bert.embeddings", "bert.pooler", "classifier"):
+        sub.get_submodule(part).load_state_dict(net.get_submodule(part).state_dict())
     k = s.heads * s.head_size
     for j, l in enumerate(s.layers):
         src, dst = net.bert.encoder.layer[l], sub.bert.encoder.layer[j]
         for name in ("query", "key", "value"):
-            a, b = getattr(src.attention.self, name), getattr(dst.attention.self, name)
-            b.weight.zero_()
-            b.bias.zero_()
-            b.weight[:k] = a.weight[:k]
-            b.bias[:k] = a.bias[:k]
-        dst.attention.output.dense.weight.zero_()
-        dst.attention.output.dense.weight[:, :k] = src.attention.output.dense.weight[:, :k]
-        dst.attention.output.dense.bias.copy_(src.attention.output.dense.bias)
+            _copy_linear(getattr(src.attention.self, name), getattr(dst.attention.self, name), rows=k)
+        _copy_linear(src.attention.output.dense, dst.attention.output.dense, cols=k)
+        _copy_linear(src.intermediate.dense, dst.intermediate.dense, rows=s.neurons)
+        _copy_linear(src.output.dense, dst.output.dense, cols=s.neurons)
         dst.attention.output.LayerNorm.load_state_dict(src.attention.output.LayerNorm.state_dict())
-        dst.intermediate.dense.weight.copy_(src.intermediate.dense.weight[: s.neurons])
-        dst.intermediate.dense.bias.copy_(src.intermediate.dense.bias[: s.neurons])
-        dst.output.dense.weight.copy_(src.output.dense.weight[:, : s.neurons])
-        dst.output.dense.bias.copy_(src.output.dense.bias)
         dst.output.LayerNorm.load_state_dict(src.output.LayerNorm.state_dict())
     return sub
 
 
-def subnetwork_params(net: nn.Module, width: float, depth: float) -> int:
-    """Parameters the (width, depth) sub-network uses: its extracted model's minus the dropped heads' slots."""
-    from raykd.models.size import count_params
+def _copy_linear(src: nn.Linear, dst: nn.Linear, rows: int | None = None, cols: int | None = None) -> None:
+    """dst <- src's first ``rows`` output rows (with their biases) and/or its first ``cols`` input columns."""
+    dst.weight.copy_(src.weight[:rows, :cols])
+    dst.bias.copy_(src.bias[:rows])
 
-    s = subnet_shape(net.config, width, depth)
-    D, H = net.config.hidden_size, net.config.num_attention_heads
-    per_head = 3 * (D * s.head_size + s.head_size) + s.head_size * D  # W_Q, W_K, W_V rows + biases, W_O columns
-    return count_params(extract_subnetwork(net, width, depth)) - len(s.layers) * (H - s.heads) * per_head
+
+def subnetwork_params(net: nn.Module, width: float, depth: float) -> int:
+    """Parameters of the (width, depth) sub-network: those of its extracted model."""
+    return count_params(extract_subnetwork(net, width, depth))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,10 +408,10 @@ class DynaBertTask(ClassifyTask):
             context |= self.teacher_context()
         return SubnetLoss(self.spec.loss_dicts(), self.adaptive.depths, net.config.num_hidden_layers, context)
 
-    def forward(self, model: nn.Module, batch: dict, needs: set[str] = frozenset()) -> dict:
+    def forward(self, model: nn.Module, batch: dict, needs: set[str] = frozenset(), role: str = "student") -> dict:
         if isinstance(unwrap(model), DynaBert):  # evaluation during training: the full network
             return model(batch["input_ids"], batch["attention_mask"])[0]
-        return super().forward(model, batch, needs)
+        return super().forward(model, batch, needs, role)
 
     def loss(self, student: nn.Module, loss_fn: SubnetLoss, batch: dict, teacher_out: dict | None):
         outs = student(batch["input_ids"], batch["attention_mask"], self.adaptive.subnets)
@@ -490,20 +492,21 @@ def teacher_row(cfg, ctx, task: ClassifyTask, common: dict) -> dict:
 
 def subnet_row(ctx, adaptive: DynaBert, width: float, depth: float, item: str, task: ClassifyTask, **row) -> dict:
     """Extract one sub-network, evaluate it on the test split, save it (``students/<item>``) and
-    measure it (its own parameters, MACs and latency); its results row."""
+    measure the saved model: its parameters, bytes of its model.safetensors, MACs per example and CPU
+    latency (batch of 1, and of 32 test examples); its results row."""
     test = task.load_split("test")
-    example = task.example_input(test)
     sub = extract_subnetwork(adaptive.net, width, depth)
     ev = task.evaluate(sub, test)
-    params = subnetwork_params(adaptive.net, width, depth)
-    view = SubNetwork(adaptive, width, depth)
-    save_student(sub, ctx.students_dir / item, task)
+    out = save_student(sub, ctx.students_dir / item, task)
+    example = task.example_input(test)
+    batch32 = task.batch(test, np.arange(min(32, len(test["label"]))))
     s = subnet_shape(adaptive.net.config, width, depth)
     extra = row.pop("extra") | {"width": width, "depth": depth, "heads": s.heads, "neurons": s.neurons, "layers": s.layers,
-                                "latency_ms": cpu_latency_ms(view, example),
-                                "saved_params": sum(p.numel() for p in sub.parameters())}
-    return make_row(item=item, student=f"dynabert w{width:g} d{depth:g}", params=params, bytes=4 * params,
-                    macs=macs_per_example(view, example), accuracy=ev["correct"] / ev["count"], extra=extra, **row)
+                                "latency_ms": cpu_latency_ms(sub, example),
+                                "latency_ms_batch32": cpu_latency_ms(sub, {k: batch32[k] for k in example})}
+    return make_row(item=item, student=f"dynabert w{width:g} d{depth:g}", params=count_params(sub),
+                    bytes=(out / "model.safetensors").stat().st_size, macs=macs_per_example(sub, example),
+                    accuracy=ev["correct"] / ev["count"], extra=extra, **row)
 
 
 def subnet_item(width: float, depth: float, seed: int, seeds: list[int]) -> str:

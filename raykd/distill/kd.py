@@ -18,8 +18,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from raykd.cache import entry
+from raykd.cache import entry, files_fingerprint
 from raykd.config import DataConfig, EngineConfig, LossSpec, ModelSpec, TeacherConfig, check_layer_maps
+from raykd.models.features import check_module_paths, check_tokenizers
+from raykd.registry import DATASETS
 from raykd.data.prepare import fingerprint
 from raykd.distill.lm import STUDENT_INITS, check_student_init
 from raykd.engine.checkpoint import load_weights, save_weights
@@ -56,6 +58,13 @@ def check(cfg) -> None:
         check_sizes(cfg.teacher, cfg.students, cfg.data)
     check_student_init(cfg.kd.student_init, cfg.teacher, cfg.students)
     check_layer_maps(cfg.losses, "losses", cfg.teacher, cfg.students)
+    check_module_paths(cfg.losses, "losses", cfg.teacher, cfg.students)
+    check_tokenizers(cfg.losses, "losses", cfg.teacher, cfg.students, text=is_text(cfg.data))
+
+
+def is_text(data: DataConfig) -> bool:
+    """Whether a run's data is text (your own data: unknown before it is read, so assumed)."""
+    return data.name == "user" or DATASETS.get(data.name).kind == "text"
 
 
 def model_code_fingerprint(name: str) -> str:
@@ -76,15 +85,29 @@ def teacher_task(data: DataConfig, teacher: TeacherConfig) -> TaskSpec:
 
 def ensure_teacher(data: DataConfig, teacher: TeacherConfig, engine: EngineConfig, storage: Path) -> dict:
     """Path and test accuracy of the trained teacher, training it once if it is not cached
-    (``$RAYKD_HOME/teachers/<key>``: the key hashes architecture, recipe, data and model code)."""
+    (``$RAYKD_HOME/teachers/<key>``: the key hashes architecture, recipe, data and model code). A teacher
+    that arrives trained (``teacher.checkpoint``, or a model whose own files hold a head for the data's
+    classes: an ``hf`` directory, ``timm`` weights) is evaluated and used as it is (``weights``: None
+    when its files are its ``args``)."""
     task = teacher_task(data, teacher)
     if teacher.checkpoint:
         t = build_task(task)
         model = load_weights(t.build_student(), teacher.checkpoint)
         ev = t.evaluate(model, t.load_split("test"))
         return {"weights": str(Path(teacher.checkpoint).resolve()), "accuracy": ev["correct"] / ev["count"], "cached": True}
+    if any(teacher.args.get(k) for k in ("path", "weights")):
+        t = build_task(task)
+        model = t.build_student()
+        if getattr(model, "raykd_trained_head", False):
+            ev = t.evaluate(model, t.load_split("test"))
+            print(f"[raykd] teacher {teacher.display}: trained already (its own files), used as it is; "
+                  f"test accuracy {ev['correct'] / ev['count']:.4f}", flush=True)
+            return {"weights": None, "accuracy": ev["correct"] / ev["count"], "cached": True}
+        print(f"[raykd] teacher {teacher.display}: its files hold no head for these {t.num_classes} classes; "
+              "fine-tuning it as the teacher", flush=True)
     key = config_hash({"teacher": {"name": teacher.name, "args": teacher.args, "train": teacher.train.model_dump()},
-                       "data": fingerprint(data), "code": model_code_fingerprint(teacher.name)})
+                       "data": fingerprint(data), "code": model_code_fingerprint(teacher.name),
+                       "files": files_fingerprint(teacher.args)})
     tdir = cache_dir("teachers") / f"{teacher.name}-{key}"
     built = []
 
@@ -119,9 +142,7 @@ def save_student(model, out: Path, task: ClassifyTask) -> Path:
         model.config.label2id = {name: i for i, name in id2label.items()}
         model.save_pretrained(out)
         if data.kind == "text":
-            from raykd.models.bert import tokenizer
-
-            tokenizer().save_pretrained(out)
+            task.tokenizer("student").save_pretrained(out)  # the ids the student was trained on
     else:
         save_weights(model, out / "model.safetensors")
         atomic_write_bytes(out / "labels.json", json.dumps(
@@ -149,7 +170,9 @@ def prepare_teacher(cfg, ctx) -> dict:
     trial). Returns what the students' runs need."""
     teacher = ensure_teacher(cfg.data, cfg.teacher, cfg.engine, ctx.storage)
     t_task = build_task(teacher_task(cfg.data, cfg.teacher))
-    t_model = load_weights(t_task.build_student(), teacher["weights"])
+    t_model = t_task.build_student()
+    if teacher["weights"]:
+        load_weights(t_model, teacher["weights"])
     example = t_task.example_input(t_task.load_split("test"))
     t_size = size_report(t_model, example)
     write_data_description(ctx.out_dir, t_task.data)
@@ -157,6 +180,8 @@ def prepare_teacher(cfg, ctx) -> dict:
                   teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"], teacher_accuracy=teacher["accuracy"],
                   a=cfg.metric.a, size=cfg.metric.size, cfg_hash=ctx.run_id.split("/")[0].rsplit("-", 1)[-1],
                   eval_split=t_task.data.eval_split)
+    if teacher["weights"] and ctx.trial is None and not (ctx.students_dir / "teacher").exists():
+        save_student(t_model, ctx.students_dir / "teacher", t_task)  # reusable: teacher: {name: hf, args: {path: ...}}
     if ctx.trial is None:  # a sweep records its teacher once, in prepare
         ctx.record([make_row(method="teacher", item="teacher", student=cfg.teacher.display, params=t_size["params"],
                              bytes=t_size["bytes"], macs=t_size["macs"], accuracy=teacher["accuracy"],
@@ -191,7 +216,9 @@ def run(cfg, ctx) -> list[dict]:
         print(f"[raykd] [{n + 1}/{len(jobs)}] {kind} student {spec.display}: "
               f"{' + '.join(f'{l.weight}*{l.name}' for l in losses)}", flush=True)
         size = cfg.metric.size  # DS of every epoch, reported to Ray (and to Tune schedulers in a sweep)
-        s_size = size_report(build_task(task).build_student(), teacher["example"], latency=False)
+        s_task = build_task(task)
+        example = s_task.example_input(s_task.load_split("test"))  # the student's own token ids
+        s_size = size_report(s_task.build_student(), example, latency=False)
         ds_ref = {"size_s": s_size[size], "size_t": t_size[size], "acc_t": teacher["accuracy"], "a": cfg.metric.a}
         t0 = time.time()
         result = fit(task, cfg.engine, ctx.ray_name(item), ctx.storage, label=f"{kind} {spec.display}",
@@ -199,7 +226,7 @@ def run(cfg, ctx) -> list[dict]:
         wall = time.time() - t0
         student = load_trained(task, result)
         save_student(student, ctx.students_dir / item, build_task(task))
-        s = size_report(student, teacher["example"])
+        s = size_report(student, example)
         row = make_row(method=kind, item=item, student=spec.display, params=s["params"], bytes=s["bytes"], macs=s["macs"],
                        accuracy=result.metrics["accuracy"], wall_time_s=wall, seed=task.train.seed,
                        extra={"latency_ms": s["latency_ms"], "losses": task.loss_dicts(), "epochs": cfg.train.epochs,

@@ -33,6 +33,8 @@ from raykd import models as M
 from raykd.config import DataConfig, LossSpec, ModelSpec, TrainConfig
 from raykd.data.prepare import Prepared, prepare
 from raykd.losses import NEEDS, WeightedLoss
+from raykd.losses.features import tensor_of
+from raykd.models.features import capture
 
 
 class TeacherRef(ModelSpec):
@@ -65,17 +67,35 @@ class TaskSpec(BaseModel):
         """The teacher outputs the losses read (always the logits)."""
         out: set[str] = {"logits"}
         for spec in self.losses:
-            out |= NEEDS.get(spec.name, set())
+            out |= {"features"} if spec.params.get("teacher_module") else NEEDS.get(spec.name, set())
         return out
 
     def loss_dicts(self) -> list[dict]:
         return [l.as_dict() for l in self.losses]
+
+    def modules(self, role: str) -> tuple[str, ...]:
+        """The module paths of the teacher or student whose outputs the losses read (``teacher_module``
+        / ``student_module`` of feature losses), in first-use order."""
+        out: list[str] = []
+        for spec in self.losses:
+            paths = spec.params.get(f"{role}_module")
+            for p in [paths] if isinstance(paths, str) else (paths or []):
+                if p not in out:
+                    out.append(p)
+        return tuple(out)
 
 
 def num_classes_of(dataset: DataConfig) -> int:
     if dataset.name != "user":
         return int(dataset.num_classes or D.info(dataset.name).num_classes)
     return prepare(dataset).num_classes
+
+
+def _encode(tok, texts: list[str], max_length: int, prefix: str) -> dict[str, np.ndarray]:
+    """Token ids and attention masks of ``texts``, padded to ``max_length``, keys prefixed by ``prefix``."""
+    enc = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return {f"{prefix}input_ids": enc["input_ids"].astype(np.int64),
+            f"{prefix}attention_mask": enc["attention_mask"].astype(np.int64)}
 
 
 def build_task(spec: TaskSpec) -> "ClassifyTask":
@@ -97,7 +117,7 @@ class ClassifyTask:
     def __init__(self, spec: TaskSpec):
         self.spec = spec
         self.num_classes = num_classes_of(spec.dataset)
-        self._tok = None
+        self._toks: dict[str, Any] = {}
         self._splits: dict[str, dict[str, np.ndarray]] = {}
 
     @property
@@ -117,22 +137,44 @@ class ClassifyTask:
     def _load_split(self, split: str) -> dict[str, np.ndarray]:
         arrays = load_arrays(self.spec.dataset, split)
         if "text" in arrays:
-            from raykd.models.bert import tokenizer
-
-            self._tok = self._tok or tokenizer()
-            enc = self._tok(list(arrays["text"]), padding="max_length", truncation=True,
-                            max_length=self.spec.dataset.max_length, return_tensors="np")
-            arrays = {"input_ids": enc["input_ids"].astype(np.int64),
-                      "attention_mask": enc["attention_mask"].astype(np.int64), "label": arrays["label"]}
+            texts, length = list(arrays["text"]), self.spec.dataset.max_length
+            out = {"label": arrays["label"]}
+            out |= _encode(self.tokenizer("student"), texts, length, "")
+            if self.spec.teacher is not None and not self.shared_tokenizer:  # the teacher reads its own ids
+                out |= _encode(self.tokenizer("teacher"), texts, length, "t_")
+            arrays = out
         return arrays
+
+    def tokenizer(self, role: str):
+        """The tokenizer of the student or the teacher: the model's own (``hf`` models), else MiniLM's."""
+        if role not in self._toks:
+            m = self.spec.student if role == "student" else self.spec.teacher
+            tok = M.model_tokenizer(m.name, m.args)
+            if tok is None:
+                from raykd.models.bert import tokenizer
+
+                tok = tokenizer()
+            self._toks[role] = tok
+        return self._toks[role]
+
+    @functools.cached_property
+    def shared_tokenizer(self) -> bool:
+        """Whether the teacher reads the same token ids as the student."""
+        from raykd.models.hf import tokenizer_fingerprint
+
+        if self.spec.teacher is None:
+            return True
+        return tokenizer_fingerprint(self.tokenizer("student")) == tokenizer_fingerprint(self.tokenizer("teacher"))
 
     def batch(self, arrays: dict, idx: np.ndarray) -> dict[str, torch.Tensor]:
         if "input_ids" in arrays:
-            ids = torch.from_numpy(np.ascontiguousarray(arrays["input_ids"][idx]))
-            mask = torch.from_numpy(np.ascontiguousarray(arrays["attention_mask"][idx]))
-            keep = int(mask.sum(1).max())  # trim padding columns shared by the whole batch
-            return {"input_ids": ids[:, :keep], "attention_mask": mask[:, :keep],
-                    "label": torch.from_numpy(arrays["label"][idx])}
+            out = {"label": torch.from_numpy(arrays["label"][idx])}
+            for prefix in ("", "t_") if "t_input_ids" in arrays else ("",):
+                ids = torch.from_numpy(np.ascontiguousarray(arrays[f"{prefix}input_ids"][idx]))
+                mask = torch.from_numpy(np.ascontiguousarray(arrays[f"{prefix}attention_mask"][idx]))
+                keep = max(1, int(mask.sum(1).max()))  # trim padding columns shared by the whole batch
+                out[f"{prefix}input_ids"], out[f"{prefix}attention_mask"] = ids[:, :keep], mask[:, :keep]
+            return out
         x = torch.from_numpy(np.ascontiguousarray(arrays["x"][idx])).float().div_(255.0)
         mean, std = self._norm
         return {"x": (x - mean) / std, "label": torch.from_numpy(arrays["label"][idx])}
@@ -144,8 +186,14 @@ class ClassifyTask:
         return (torch.tensor(norm["mean"]).view(1, -1, 1, 1), torch.tensor(norm["std"]).view(1, -1, 1, 1))
 
     # ---- models -----------------------------------------------------------------------------
+    def runtime_args(self) -> dict[str, Any]:
+        """What models are told about the data: classes, class names and, for images, [C, H, W]."""
+        train = self.load_split("train")
+        shape = list(train["x"].shape[1:]) if "x" in train else None
+        return {"num_classes": self.num_classes, "label_names": list(self.data.labels.names), "input_shape": shape}
+
     def build_student(self) -> nn.Module:
-        model = M.build(self.spec.student.name, num_classes=self.num_classes, **self.spec.student.args)
+        model = M.build(self.spec.student.name, **self.runtime_args(), **self.spec.student.args)
         if self.spec.student_init == "teacher_layers":
             from raykd.models.bert import copy_teacher_layers
 
@@ -156,8 +204,8 @@ class ClassifyTask:
         from raykd.engine.checkpoint import load_weights
 
         t = self.spec.teacher
-        model = M.build(t.name, num_classes=self.num_classes, **t.args)
-        if t.weights:
+        model = M.build(t.name, **self.runtime_args(), **t.args)
+        if t.weights:  # None: the model's own files (an hf directory, timm weights) hold its weights
             load_weights(model, t.weights)
         return model
 
@@ -174,10 +222,26 @@ class ClassifyTask:
         ctx: dict[str, Any] = {"num_classes": self.num_classes}
         for key, m in (("student", student), ("teacher", teacher)):
             cfg = getattr(m, "config", None)
-            if cfg is not None:
+            if cfg is not None and hasattr(cfg, "num_hidden_layers"):
                 ctx[f"{key}_hidden"] = cfg.hidden_size
                 ctx[f"{key}_layers"] = cfg.num_hidden_layers
+        if self.spec.modules("student") and teacher is not None:
+            ctx["feature_shapes"] = self.feature_shapes(student, teacher)
         return ctx
+
+    @torch.no_grad()
+    def feature_shapes(self, student: nn.Module, teacher: nn.Module) -> dict[str, dict[str, tuple[int, ...]]]:
+        """Per-example output shapes of the hooked modules (one forward of one training example each),
+        so losses can size their projections before training."""
+        b = self.batch(self.load_split("train"), np.arange(1))
+        out = {}
+        for role, m in (("student", student), ("teacher", teacher)):
+            was = m.training
+            m.eval()
+            feats = self.forward(m, b, {"features"}, role)["features"]
+            m.train(was)
+            out[role] = {p: tuple(tensor_of(f).shape[1:]) for p, f in feats.items()}
+        return out
 
     def teacher_context(self) -> dict:
         """The teacher's width and depth without loading its weights (for losses that need them)."""
@@ -185,7 +249,8 @@ class ClassifyTask:
             return {}
         t = M.meta_model(self.spec.teacher.name, self.spec.teacher.args, self.num_classes)
         cfg = getattr(t, "config", None)
-        return {"teacher_hidden": cfg.hidden_size, "teacher_layers": cfg.num_hidden_layers} if cfg is not None else {}
+        return {"teacher_hidden": cfg.hidden_size, "teacher_layers": cfg.num_hidden_layers} \
+            if cfg is not None and hasattr(cfg, "num_hidden_layers") else {}
 
     def build_loss(self, student: nn.Module, teacher: nn.Module | None = None) -> WeightedLoss:
         ctx = self.loss_context(student, teacher)
@@ -194,21 +259,30 @@ class ClassifyTask:
         return WeightedLoss(self.spec.loss_dicts(), ctx)
 
     # ---- forward ----------------------------------------------------------------------------
-    def forward(self, model: nn.Module, batch: dict, needs: set[str] = frozenset()) -> dict:
-        if "input_ids" in batch:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        output_hidden_states="hidden_states" in needs, output_attentions="attentions" in needs)
-            res = {"logits": out.logits}
-            if "hidden_states" in needs:
-                res["hidden_states"] = out.hidden_states
-            if "attentions" in needs:
-                res["attentions"] = out.attentions
-            return res
-        return {"logits": model(batch["x"])}
+    def forward(self, model: nn.Module, batch: dict, needs: set[str] = frozenset(), role: str = "student") -> dict:
+        """The model's outputs the losses read: ``logits``, and on request ``hidden_states``,
+        ``attentions`` and ``features`` (outputs of the modules the losses name, by path, captured with
+        forward hooks). ``role`` picks the token ids the model reads (the teacher may have its own)."""
+        paths = self.spec.modules(role) if "features" in needs else ()
+        with capture(model, paths) as feats:
+            if "input_ids" in batch:
+                prefix = "t_" if role == "teacher" and "t_input_ids" in batch else ""
+                out = model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"],
+                            output_hidden_states="hidden_states" in needs, output_attentions="attentions" in needs)
+                res = {"logits": out.logits}
+                if "hidden_states" in needs:
+                    res["hidden_states"] = out.hidden_states
+                if "attentions" in needs:
+                    res["attentions"] = out.attentions
+            else:
+                res = {"logits": model(batch["x"])}
+        if paths:
+            res["features"] = feats
+        return res
 
     @torch.no_grad()
     def teacher_forward(self, teacher: nn.Module, batch: dict, needs: set[str]) -> dict:
-        return self.forward(teacher, batch, needs | {"logits"})
+        return self.forward(teacher, batch, needs | {"logits"}, "teacher")
 
     def loss(self, student: nn.Module, loss_fn: WeightedLoss, batch: dict, teacher_out: dict | None):
         needs = loss_fn.teacher_needs

@@ -21,7 +21,7 @@ import numpy as np
 import ray
 import torch
 
-from raykd.cache import entry, is_complete
+from raykd.cache import entry, files_fingerprint, is_complete
 from raykd.data.artifacts import sha256_file
 from raykd.config import EngineConfig
 from raykd.data.prepare import fingerprint
@@ -44,7 +44,8 @@ def cache_key(task: TaskSpec, keep_hidden: bool) -> str:
     weights = task.teacher.weights
     blob = {
         "teacher": {"name": task.teacher.name, "args": task.teacher.args,
-                    "weights_sha256": sha256_file(Path(weights)) if weights else None},
+                    "weights_sha256": sha256_file(Path(weights)) if weights else None,
+                    "files": files_fingerprint(task.teacher.args)},
         "data": fingerprint(task.dataset),
         "transform": _transform_fingerprint(task),
         "hidden": keep_hidden,

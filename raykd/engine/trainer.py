@@ -300,6 +300,10 @@ def fit(task: TaskSpec | dict, engine: EngineConfig | dict, name: str, storage_p
     config: dict[str, Any] = {"task": task, "engine": engine, "label": label or task.student.display,
                               "plugins": loaded(), **(extra_config or {})}
     datasets = None
+    if task.uses_teacher and "features" in task.teacher_needs and (engine.teacher_placement == "actor_pool" or engine.teacher_cache):
+        print("[raykd] losses read teacher modules by path (forward hooks): the teacher runs in the training "
+              "workers (teacher_placement: colocated, no teacher cache)", flush=True)
+        engine = engine.model_copy(update={"teacher_placement": "colocated", "teacher_cache": False})
     if task.uses_teacher and engine.teacher_placement == "actor_pool":
         from raykd.engine.teacher_pool import teacher_output_dataset
 

@@ -83,8 +83,10 @@ class WeightedLoss(nn.Module):
         self.weights: list[float] = []
         self.parts = nn.ModuleList()
         seen: dict[str, int] = {}
+        self.by_module: list[bool] = []  # each loss: reads modules by path (forward hooks), not hidden states
         for i, raw in enumerate(specs):
             spec = _loss_spec(raw, f"losses.{i}")
+            self.by_module.append(bool(spec.params.get("teacher_module")))
             self.parts.append(build_one(spec.name, spec.params, context, field=f"losses.{i}"))
             seen[spec.name] = seen.get(spec.name, 0) + 1
             self.names.append(spec.name if seen[spec.name] == 1 else f"{spec.name}_{seen[spec.name]}")
@@ -94,8 +96,8 @@ class WeightedLoss(nn.Module):
     @property
     def teacher_needs(self) -> set[str]:
         out: set[str] = set()
-        for n in self.base_names:
-            out |= NEEDS.get(n, set())
+        for n, by_module in zip(self.base_names, self.by_module):
+            out |= {"features"} if by_module else NEEDS.get(n, set())
         return out
 
     def forward(self, student_out: dict, teacher_out: dict | None, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:

@@ -71,7 +71,8 @@ from torch.utils.checkpoint import checkpoint
 
 from raykd.schema import FieldError
 from raykd.errors import UserError
-from raykd.losses import LayerMap, LossParams, needs, register_loss
+from raykd.losses import needs, register_loss
+from raykd.losses.features import FeatureParams, match_positions, module_pairs, tensor_of, tokens
 from raykd.losses.kd import uniform_layer_map
 
 EPS = 1e-12  # floor under squared norms / squared distances before sqrt
@@ -313,17 +314,18 @@ def layer_transforming_relation(
 # --------------------------------------------------------------------------------------------------
 
 
-class RelationParams(LossParams):
-    """Parameters shared by the relation losses: the layer map and how many matched layers it needs."""
+class RelationParams(FeatureParams):
+    """Parameters shared by the relation losses: the layer map (or module paths) and how many matched
+    layers it needs. Relations compare within each model, so widths may differ and nothing is projected."""
 
     min_layers: ClassVar[int] = 1
-    layer_map: LayerMap | None = Field(None, description="[teacher_layer, student_layer] pairs of hidden states "
-                                       "(0 = embeddings); default: uniform layer skipping")
 
     @model_validator(mode="after")
     def _enough_layers(self):
         if self.layer_map is not None and len(self.layer_map) < self.min_layers:
             raise FieldError("layer_map", f"needs at least {self.min_layers} matched layers, layer_map has {len(self.layer_map)}")
+        if self.module_pairs and len(self.module_pairs) < self.min_layers:
+            raise FieldError("teacher_module", f"needs at least {self.min_layers} matched modules, got {len(self.module_pairs)}")
         return self
 
 
@@ -348,15 +350,29 @@ class LTRTripleParams(RelationParams):
 
 
 class _RelationLoss(nn.Module):
-    """Shared parts: layer map, validation of the hidden states it is given (parameters arrive validated
-    by the loss's parameter model, see :func:`raykd.losses.build_one`)."""
+    """Shared parts: the layer map or module pairs, and the features they select (parameters arrive
+    validated by the loss's parameter model, see :func:`raykd.losses.build_one`)."""
 
     name = ""
     min_layers = 1
 
-    def __init__(self, layer_map: list[list[int]] | None):
+    def __init__(self, layer_map: list[list[int]] | None, teacher_module=None, student_module=None):
         super().__init__()
         self.layer_map = [tuple(p) for p in layer_map] if layer_map else None
+        self.modules_ = module_pairs(teacher_module, student_module)
+
+    def features(self, student_out, teacher_out, batch) -> tuple[list, list, torch.Tensor | None, list[tuple[int, int]]]:
+        """(student features, teacher features, token mask, (teacher, student) index pairs)."""
+        if self.modules_:  # module outputs by path, as position sequences
+            fs, ft = student_out["features"], teacher_out["features"]
+            pairs = [match_positions(tensor_of(fs[s]), tensor_of(ft[t])) for t, s in self.modules_]
+            hs, ht = [tokens(p[0]) for p in pairs], [tokens(p[1]) for p in pairs]
+            mask = batch.get("attention_mask")
+            if mask is not None and mask.shape[1] != hs[0].shape[1]:
+                mask = None
+            return hs, ht, mask, [(i, i) for i in range(len(pairs))]
+        hs, ht = student_out["hidden_states"], teacher_out["hidden_states"]
+        return hs, ht, batch.get("attention_mask"), self.pairs(hs, ht)
 
     def pairs(self, hs, ht) -> list[tuple[int, int]]:
         pairs = self.layer_map or uniform_layer_map(len(ht) - 1, len(hs) - 1)
@@ -383,13 +399,14 @@ class WRPair(_RelationLoss):
 
     name = "wr_pair"
 
-    def __init__(self, context: dict, layer_map: list[list[int]] | None = None, form: str = "cosine_kl", temperature: float = 1.0):
-        super().__init__(layer_map)
+    def __init__(self, context: dict, layer_map: list[list[int]] | None = None, form: str = "cosine_kl", temperature: float = 1.0,
+                 teacher_module=None, student_module=None):
+        super().__init__(layer_map, teacher_module, student_module)
         self.relation = _pair_relation(form, float(temperature))
 
     def forward(self, student_out, teacher_out, batch):
-        hs, ht = student_out["hidden_states"], teacher_out["hidden_states"]
-        return word_relation(hs, ht, batch.get("attention_mask"), self.pairs(hs, ht), self.relation)
+        hs, ht, mask, pairs = self.features(student_out, teacher_out, batch)
+        return word_relation(hs, ht, mask, pairs, self.relation)
 
 
 @register_loss("wr_triple", params=WRTripleParams)
@@ -398,14 +415,15 @@ class WRTriple(_RelationLoss):
 
     name = "wr_triple"
 
-    def __init__(self, context: dict, layer_map: list[list[int]] | None = None, window: int | None = 21, criterion: str = "mse", anchor_chunk: int | None = None):
-        super().__init__(layer_map)
+    def __init__(self, context: dict, layer_map: list[list[int]] | None = None, window: int | None = 21, criterion: str = "mse",
+                 anchor_chunk: int | None = None, teacher_module=None, student_module=None):
+        super().__init__(layer_map, teacher_module, student_module)
         self.window, self.criterion, self.anchor_chunk = window, criterion, anchor_chunk
 
     def forward(self, student_out, teacher_out, batch):
-        hs, ht = student_out["hidden_states"], teacher_out["hidden_states"]
+        hs, ht, mask, pairs = self.features(student_out, teacher_out, batch)
         rel = lambda xs, xt, m: triple_angle(xs, xt, m, self.window, self.criterion, self.anchor_chunk)  # noqa: E731
-        return word_relation(hs, ht, batch.get("attention_mask"), self.pairs(hs, ht), rel)
+        return word_relation(hs, ht, mask, pairs, rel)
 
 
 @register_loss("ltr_pair", params=LTRPairParams)
@@ -415,13 +433,14 @@ class LTRPair(_RelationLoss):
     name = "ltr_pair"
     min_layers = LTRPairParams.min_layers
 
-    def __init__(self, context: dict, layer_map: list[list[int]] | None = None, form: str = "cosine_kl", temperature: float = 1.0):
-        super().__init__(layer_map)
+    def __init__(self, context: dict, layer_map: list[list[int]] | None = None, form: str = "cosine_kl", temperature: float = 1.0,
+                 teacher_module=None, student_module=None):
+        super().__init__(layer_map, teacher_module, student_module)
         self.relation = _pair_relation(form, float(temperature))
 
     def forward(self, student_out, teacher_out, batch):
-        hs, ht = student_out["hidden_states"], teacher_out["hidden_states"]
-        return layer_transforming_relation(hs, ht, batch.get("attention_mask"), self.pairs(hs, ht), self.relation)
+        hs, ht, mask, pairs = self.features(student_out, teacher_out, batch)
+        return layer_transforming_relation(hs, ht, mask, pairs, self.relation)
 
 
 @register_loss("ltr_triple", params=LTRTripleParams)
@@ -431,14 +450,15 @@ class LTRTriple(_RelationLoss):
     name = "ltr_triple"
     min_layers = LTRTripleParams.min_layers
 
-    def __init__(self, context: dict, layer_map: list[list[int]] | None = None, criterion: str = "mse"):
-        super().__init__(layer_map)
+    def __init__(self, context: dict, layer_map: list[list[int]] | None = None, criterion: str = "mse",
+                 teacher_module=None, student_module=None):
+        super().__init__(layer_map, teacher_module, student_module)
         self.criterion = criterion
 
     def forward(self, student_out, teacher_out, batch):
-        hs, ht = student_out["hidden_states"], teacher_out["hidden_states"]
+        hs, ht, mask, pairs = self.features(student_out, teacher_out, batch)
         rel = lambda xs, xt, m: triple_angle(xs, xt, m, None, self.criterion)  # noqa: E731
-        return layer_transforming_relation(hs, ht, batch.get("attention_mask"), self.pairs(hs, ht), rel)
+        return layer_transforming_relation(hs, ht, mask, pairs, rel)
 
 
 for _name in ("wr_pair", "wr_triple", "ltr_pair", "ltr_triple"):

@@ -10,16 +10,22 @@ from __future__ import annotations
 from torch import nn
 
 from raykd.errors import UserError
-from raykd.registry import MODELS, RUNTIME_ARGS, args_model, check_args, meta_model, register_model  # noqa: F401
+from raykd.registry import (MODELS, RUNTIME_ARGS, args_model, check_args, meta_model, model_tokenizer,  # noqa: F401
+                            register_model, runtime_kwargs)
 
 
 def build(name: str, field: str | None = None, **kwargs) -> nn.Module:
+    """Model ``name`` from its config ``args`` plus the runtime arguments it takes (``num_classes``, and
+    ``input_shape``/``label_names`` for factories that name them; others are dropped)."""
     fn = MODELS.get(name, field)
+    runtime = {k: kwargs.pop(k) for k in RUNTIME_ARGS if k in kwargs}
     try:
-        return fn(**kwargs)
+        return fn(**kwargs, **runtime_kwargs(name, **runtime))
     except TypeError as e:
         raise UserError(f"{field or name}: bad arguments for model {name!r}: {e}") from None
 
 
 from raykd.models import bert as _bert, cnn as _cnn  # noqa: E402,F401
 from raykd.models import text as _text  # noqa: E402,F401
+from raykd.models import hf as _hf, vision as _vision  # noqa: E402,F401
+from raykd.models import hf_export as _hf_export  # noqa: E402,F401
