@@ -200,7 +200,7 @@ def execute(cfg: RunConfig, fresh: bool = False, report: bool = True) -> RunResu
         from raykd.report import report as render
 
         render(ctx.out_dir, df=df, a=cfg.metric.a, size=cfg.metric.size)
-    students = sorted(p for p in ctx.students_dir.rglob("*") if p.is_dir() and any(
+    students = sorted(p for p in ctx.students_dir.rglob("*") if p.is_dir() and p.name != "teacher" and any(
         (p / f).exists() for f in ("model.safetensors", "config.json"))) if ctx.students_dir.exists() else []
     return RunResult(df, ctx.out_dir, students, ctx.run_id)
 

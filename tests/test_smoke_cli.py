@@ -68,7 +68,29 @@ def test_every_example_config_validates():
     configs = sorted((REPO / "configs").glob("*.yaml"))
     assert configs, "no example configs"
     for c in configs:
+        if c.name == "own_hf.yaml":
+            continue  # reads files earlier commands make: validated by the next test
         load_config(c)  # raises UserError on any problem
+
+
+def test_own_hf_config_validates_once_its_files_exist(tmp_path, monkeypatch):
+    """configs/own_hf.yaml reads a saved teacher directory and a BPE tokenizer that the README's commands
+    make first; with stand-ins at those paths it validates as written, and without them the error
+    names the missing directory."""
+    from raykd.config import load_config
+    from raykd.errors import UserError
+    from raykd.models import build
+    from raykd.models.bert import tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="no directory 'runs/lm_smoke/students/teacher'"):
+        load_config(REPO / "configs" / "own_hf.yaml")
+    teacher = build("bert", num_classes=2, num_layers=1, hidden_size=256, num_heads=4, intermediate_size=256)
+    teacher.save_pretrained(tmp_path / "runs/lm_smoke/students/teacher")
+    tokenizer().save_pretrained(tmp_path / "runs/lm_smoke/students/teacher")
+    tokenizer().save_pretrained(tmp_path / "runs/bpe-movie_reviews")
+    cfg = load_config(REPO / "configs" / "own_hf.yaml")
+    assert cfg.teacher.args["path"] == str((tmp_path / "runs/lm_smoke/students/teacher").resolve())
 
 
 def test_console_script_exit_status(tmp_path):
