@@ -31,6 +31,7 @@ from typing import Callable, Iterator, TypeVar
 from filelock import FileLock, Timeout
 
 from raykd.errors import UserError
+from raykd.registry import FILE_ARGS
 
 T = TypeVar("T")
 MANIFEST = ".complete.json"
@@ -137,7 +138,7 @@ def files_fingerprint(args: dict) -> str | None:
     import hashlib
 
     seen = []
-    for key in ("path", "weights", "config", "tokenizer"):
+    for key in FILE_ARGS:
         value = args.get(key)
         p = Path(str(value)).expanduser() if isinstance(value, str) else None
         if p is None or not p.exists():

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from raykd.errors import UserError
-from raykd.registry import DATASETS, LOSSES, METHODS, MODELS, NEEDS, args_model, check_args, check_loss_params, loss_params, meta_model
+from raykd.registry import DATASETS, FILE_ARGS, LOSSES, METHODS, MODELS, NEEDS, args_model, check_args, check_loss_params, loss_params, meta_model
 from raykd.schema import FieldError, Strict, _error_loc, _error_message
 
 __all__ = ["FieldError", "Strict", "RunConfig", "DataConfig", "ModelSpec", "TeacherConfig", "TrainConfig", "LossSpec",
@@ -75,10 +75,6 @@ class DataConfig(Strict):
         elif self.path or self.test_path:
             raise ValueError(f"data.path is for your own data: set data.name to 'user' (not {self.name!r}) to read it")
         return self
-
-
-# model args that may name local files or directories (hf: path/config/tokenizer, timm: weights)
-FILE_ARGS = ("path", "weights", "config", "tokenizer")
 
 
 class ModelSpec(Strict):

@@ -123,6 +123,8 @@ _META_FACTORIES: dict[str, Callable] = {}
 # ``num_classes`` always; ``input_shape`` ([C, H, W] of the images) and ``label_names`` (the data's class
 # names, in label order) only to factories that name them as parameters
 RUNTIME_ARGS = ("num_classes", "input_shape", "label_names")
+# model args that may name local files or directories (hf: path/config/tokenizer, timm: weights)
+FILE_ARGS = ("path", "weights", "config", "tokenizer")
 # name -> f(**args) -> the model's tokenizer (text models that bring their own; the rest use MiniLM's)
 _TOKENIZERS: dict[str, Callable] = {}
 _ARGS: dict[str, type[BaseModel]] = {}
@@ -242,6 +244,12 @@ def register_loss(name: str, obj: Any = None, *, params: type[BaseModel] | None 
         return o
 
     return deco(obj) if obj is not None else deco
+
+
+def loss_reads(name: str, params: dict) -> set[str]:
+    """What a config's loss entry reads from the teacher: ``features`` (module outputs by path) when it
+    names ``teacher_module``, else what loss ``name`` registered it needs."""
+    return {"features"} if params.get("teacher_module") else NEEDS.get(name, set())
 
 
 def loss_params(name: str) -> type[BaseModel]:

@@ -88,7 +88,7 @@ def ensure_teacher(data: DataConfig, teacher: TeacherConfig, engine: EngineConfi
     (``$RAYKD_HOME/teachers/<key>``: the key hashes architecture, recipe, data and model code). A teacher
     that arrives trained (``teacher.checkpoint``, or a model whose own files hold a head for the data's
     classes: an ``hf`` directory, ``timm`` weights) is evaluated and used as it is (``weights``: None
-    when its files are its ``args``)."""
+    when its files are its ``args``; ``model``: the model loaded to evaluate it)."""
     task = teacher_task(data, teacher)
     if teacher.checkpoint:
         t = build_task(task)
@@ -102,7 +102,7 @@ def ensure_teacher(data: DataConfig, teacher: TeacherConfig, engine: EngineConfi
             ev = t.evaluate(model, t.load_split("test"))
             print(f"[raykd] teacher {teacher.display}: trained already (its own files), used as it is; "
                   f"test accuracy {ev['correct'] / ev['count']:.4f}", flush=True)
-            return {"weights": None, "accuracy": ev["correct"] / ev["count"], "cached": True}
+            return {"weights": None, "accuracy": ev["correct"] / ev["count"], "cached": True, "model": model}
         print(f"[raykd] teacher {teacher.display}: its files hold no head for these {t.num_classes} classes; "
               "fine-tuning it as the teacher", flush=True)
     key = config_hash({"teacher": {"name": teacher.name, "args": teacher.args, "train": teacher.train.model_dump()},
@@ -170,7 +170,9 @@ def prepare_teacher(cfg, ctx) -> dict:
     trial). Returns what the students' runs need."""
     teacher = ensure_teacher(cfg.data, cfg.teacher, cfg.engine, ctx.storage)
     t_task = build_task(teacher_task(cfg.data, cfg.teacher))
-    t_model = t_task.build_student()
+    t_model = teacher.pop("model", None)  # loaded already when the teacher arrived trained
+    if t_model is None:
+        t_model = t_task.build_student()
     if teacher["weights"]:
         load_weights(t_model, teacher["weights"])
     example = t_task.example_input(t_task.load_split("test"))

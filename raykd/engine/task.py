@@ -32,8 +32,8 @@ from raykd import data as D
 from raykd import models as M
 from raykd.config import DataConfig, LossSpec, ModelSpec, TrainConfig
 from raykd.data.prepare import Prepared, prepare
-from raykd.losses import NEEDS, WeightedLoss
-from raykd.losses.features import tensor_of
+from raykd.losses import WeightedLoss, loss_reads
+from raykd.losses.features import as_list, tensor_of
 from raykd.models.features import capture
 
 
@@ -65,10 +65,7 @@ class TaskSpec(BaseModel):
     @property
     def teacher_needs(self) -> set[str]:
         """The teacher outputs the losses read (always the logits)."""
-        out: set[str] = {"logits"}
-        for spec in self.losses:
-            out |= {"features"} if spec.params.get("teacher_module") else NEEDS.get(spec.name, set())
-        return out
+        return {"logits"}.union(*(loss_reads(spec.name, spec.params) for spec in self.losses))
 
     def loss_dicts(self) -> list[dict]:
         return [l.as_dict() for l in self.losses]
@@ -76,13 +73,8 @@ class TaskSpec(BaseModel):
     def modules(self, role: str) -> tuple[str, ...]:
         """The module paths of the teacher or student whose outputs the losses read (``teacher_module``
         / ``student_module`` of feature losses), in first-use order."""
-        out: list[str] = []
-        for spec in self.losses:
-            paths = spec.params.get(f"{role}_module")
-            for p in [paths] if isinstance(paths, str) else (paths or []):
-                if p not in out:
-                    out.append(p)
-        return tuple(out)
+        paths = (p for spec in self.losses for p in as_list(spec.params.get(f"{role}_module")))
+        return tuple(dict.fromkeys(paths))
 
 
 def num_classes_of(dataset: DataConfig) -> int:

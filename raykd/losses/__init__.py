@@ -37,7 +37,7 @@ from torch import nn
 
 from raykd.errors import UserError
 from raykd.registry import (LOSSES, NEEDS, PARAMS, LayerMap, LossParams, check_loss_params, loss_params,  # noqa: F401
-                            register_loss)
+                            loss_reads, register_loss)
 from raykd.schema import FieldError
 
 
@@ -83,10 +83,10 @@ class WeightedLoss(nn.Module):
         self.weights: list[float] = []
         self.parts = nn.ModuleList()
         seen: dict[str, int] = {}
-        self.by_module: list[bool] = []  # each loss: reads modules by path (forward hooks), not hidden states
+        self.reads: list[set[str]] = []  # what each loss reads from the teacher
         for i, raw in enumerate(specs):
             spec = _loss_spec(raw, f"losses.{i}")
-            self.by_module.append(bool(spec.params.get("teacher_module")))
+            self.reads.append(loss_reads(spec.name, spec.params))
             self.parts.append(build_one(spec.name, spec.params, context, field=f"losses.{i}"))
             seen[spec.name] = seen.get(spec.name, 0) + 1
             self.names.append(spec.name if seen[spec.name] == 1 else f"{spec.name}_{seen[spec.name]}")
@@ -95,10 +95,7 @@ class WeightedLoss(nn.Module):
 
     @property
     def teacher_needs(self) -> set[str]:
-        out: set[str] = set()
-        for n, by_module in zip(self.base_names, self.by_module):
-            out |= {"features"} if by_module else NEEDS.get(n, set())
-        return out
+        return set().union(*self.reads)
 
     def forward(self, student_out: dict, teacher_out: dict | None, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         total = 0.0

@@ -46,7 +46,7 @@ class FeatureParams(LossParams):
 
     @property
     def module_pairs(self) -> list[tuple[str, str]]:
-        return list(zip(as_list(self.teacher_module), as_list(self.student_module)))
+        return module_pairs(self.teacher_module, self.student_module)
 
 
 def module_pairs(teacher_module: Paths | None, student_module: Paths | None) -> list[tuple[str, str]]:

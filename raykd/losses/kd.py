@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from raykd.losses import LossParams, needs, register_loss
-from raykd.losses.features import FeatureParams, match_positions, module_pairs
+from raykd.losses.features import FeatureParams, match_positions, module_pairs, tensor_of
 
 
 class KDParams(LossParams):
@@ -76,8 +76,6 @@ class HiddenMSE(nn.Module):
 
     def forward(self, student_out, teacher_out, batch):
         if self.modules_:
-            from raykd.losses.features import tensor_of
-
             fs, ft = student_out["features"], teacher_out["features"]
             pairs = [(tensor_of(ft[t]), tensor_of(fs[s]), proj) for (t, s), proj in zip(self.modules_, self.projs)]
             return sum(_mse(proj(s), t, batch) for t, s, proj in pairs) / len(pairs)
@@ -124,8 +122,6 @@ def attention_kl(student_out, teacher_out, batch, layer_map: list[list[int]] | N
     """
     by_module = module_pairs(teacher_module, student_module)
     if by_module:
-        from raykd.losses.features import tensor_of
-
         fs, ft = student_out["features"], teacher_out["features"]
         maps = [(tensor_of(fs[s], attention=True), tensor_of(ft[t], attention=True)) for t, s in by_module]
     else:

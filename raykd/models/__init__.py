@@ -28,4 +28,3 @@ def build(name: str, field: str | None = None, **kwargs) -> nn.Module:
 from raykd.models import bert as _bert, cnn as _cnn  # noqa: E402,F401
 from raykd.models import text as _text  # noqa: E402,F401
 from raykd.models import hf as _hf, vision as _vision  # noqa: E402,F401
-from raykd.models import hf_export as _hf_export  # noqa: E402,F401

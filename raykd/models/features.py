@@ -18,13 +18,17 @@ from torch import nn
 
 
 def resolve(model: nn.Module, path: str) -> str:
-    """The full name of the module ``path`` names in ``model``; raises KeyError with the closest names."""
-    names = dict(model.named_modules())
-    if path in names and path:
-        return path
+    """The full name of the module ``path`` names in ``model``; raises KeyError with the closest names.
+    (Runs on every hooked forward pass: it follows the path's attributes, and lists the model's
+    modules only to explain a miss.)"""
     prefix = getattr(model, "base_model_prefix", "")
-    if prefix and f"{prefix}.{path}" in names:
-        return f"{prefix}.{path}"
+    for name in (path, f"{prefix}.{path}" if prefix else None):
+        if name:
+            try:
+                model.get_submodule(name)
+                return name
+            except AttributeError:
+                pass
     raise KeyError(unknown_message(model, path))
 
 
@@ -46,9 +50,9 @@ def capture(model: nn.Module, paths: tuple[str, ...] | list[str]) -> Iterator[di
         yield feats
         return
     handles = []
+    inner = _unwrap(model)
     try:
         for path in paths:
-            inner = _unwrap(model)
             module = inner.get_submodule(resolve(inner, path))
 
             def hook(_m, _inputs, output, path=path):
@@ -112,11 +116,10 @@ def check_tokenizers(losses, field: str, teacher, students, text: bool = True) -
     """Token-level losses (hidden states, attention maps, relations, module features) pair token i of the
     student with token i of the teacher, which needs one tokenisation: refused, by name, when a
     student's tokenizer differs from the teacher's. Logit losses work across tokenizers."""
-    from raykd.registry import NEEDS
+    from raykd.registry import loss_reads
     from raykd.schema import FieldError
 
-    token_level = [(i, s) for i, s in enumerate(losses)
-                   if NEEDS.get(s.name, set()) & _TOKEN_LEVEL or s.params.get("teacher_module")]
+    token_level = [(i, s) for i, s in enumerate(losses) if loss_reads(s.name, s.params) & _TOKEN_LEVEL]
     if not text or not token_level:
         return
     t_key = tokenizer_key(teacher)

@@ -117,6 +117,8 @@ def _config(path: str | None, config: str | None, overrides: dict[str, Any]):
     if (path is None) == (config is None):
         raise TypeError("give exactly one of path (a trained model) or config (a fresh model of a family)")
     if path is not None:
+        from raykd.models import hf_export  # noqa: F401 - registers raykd_pruned_bert (exported DynaBERT sub-networks)
+
         try:
             cfg = AutoConfig.from_pretrained(_source(path, "path"))
         except (OSError, ValueError) as e:

@@ -13,8 +13,9 @@ This file is self-contained (torch, transformers and the standard library only):
 copies it next to the weights and writes ``auto_map`` into config.json, so a process that never
 imports raykd loads the directory with
 ``AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)``. Importing it
-(``import raykd.models`` does) registers the model type with the Auto classes, so raykd's own processes
-need no ``trust_remote_code``.
+registers the model type with the Auto classes, so processes that did need no ``trust_remote_code``:
+raykd imports it where it exports sub-networks and where an ``hf`` model is loaded from a directory
+(not at ``import raykd.models``: transformers' BERT takes seconds to import, in every Ray worker).
 """
 
 from __future__ import annotations
