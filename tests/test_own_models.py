@@ -266,6 +266,6 @@ def test_timm_teacher_and_student_on_mnist_with_a_hidden_feature_loss(ray_sessio
     again = base | {"name": "timm_b", "output_dir": str(tmp_path / "b"), "losses": base["losses"][:2],
                     "teacher": {"name": "timm", "args": {"arch": "resnet18", "weights": str(weights)}}}
     df2 = run(parse_config(again), check_data=False).table
-    # the same weights, not retrained: evaluated here on the driver rather than in the Train workers
-    # (other threads, BatchNorm in eval mode), so at most a prediction or two of 2,000 may flip
-    assert float(df2.query("method == 'teacher'")["accuracy"].iloc[0]) == pytest.approx(acc["teacher"], abs=1e-3)
+    # the same weights, not retrained: the accuracy the workers reported for the saved model is the
+    # saved model's (every rank evaluates rank 0's BatchNorm statistics, which the checkpoint holds)
+    assert float(df2.query("method == 'teacher'")["accuracy"].iloc[0]) == pytest.approx(acc["teacher"], abs=1e-9)

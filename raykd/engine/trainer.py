@@ -58,6 +58,15 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def _sync_buffers(model) -> None:
+    """Give every rank rank 0's buffers before evaluating, so the reported accuracy is that of the model
+    rank 0 checkpoints: BatchNorm running statistics are updated per rank, and DDP broadcasts them only
+    at the start of the next training forward."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        for b in unwrap(model).buffers():
+            torch.distributed.broadcast(b, src=0)
+
+
 def _log(rank: int, msg: str) -> None:
     # Written to the process's real stdout (forwarded to the driver once by Ray); a plain print
     # would also be teed through Ray Train's patched print and appear twice.
@@ -245,6 +254,7 @@ def _train_epoch(w: Worker, model, epoch: int, step: int, total_steps: int):
 def _evaluate(w: Worker, model, epoch: int, step: int, train_time: float, seen: int, loss_sum: float, nb: int,
               logs: dict, start_epoch: int) -> dict[str, Any]:
     """Evaluation on the evaluation split, sharded over workers and all-reduced, plus the epoch's figures."""
+    _sync_buffers(model)
     test_idx = np.arange(w.rank, len(w.test_arrays["label"]), w.world)
     ev = w.task.evaluate(unwrap(model), {k: v[test_idx] for k, v in w.test_arrays.items()})
     correct, count, nll, seen_all, loss_all, nb_all, t_examples = _all_reduce_sum(
