@@ -105,9 +105,10 @@ def ensure_teacher(data: DataConfig, teacher: TeacherConfig, engine: EngineConfi
             return {"weights": None, "accuracy": ev["correct"] / ev["count"], "cached": True, "model": model}
         print(f"[raykd] teacher {teacher.display}: its files hold no head for these {t.num_classes} classes; "
               "fine-tuning it as the teacher", flush=True)
+    files = files_fingerprint(teacher.args)
     key = config_hash({"teacher": {"name": teacher.name, "args": teacher.args, "train": teacher.train.model_dump()},
                        "data": fingerprint(data), "code": model_code_fingerprint(teacher.name),
-                       "files": files_fingerprint(teacher.args)})
+                       **({"files": files} if files else {})})  # models that read no files keep their earlier keys
     tdir = cache_dir("teachers") / f"{teacher.name}-{key}"
     built = []
 

@@ -45,7 +45,7 @@ def cache_key(task: TaskSpec, keep_hidden: bool) -> str:
     blob = {
         "teacher": {"name": task.teacher.name, "args": task.teacher.args,
                     "weights_sha256": sha256_file(Path(weights)) if weights else None,
-                    "files": files_fingerprint(task.teacher.args)},
+                    **({"files": files} if (files := files_fingerprint(task.teacher.args)) else {})},
         "data": fingerprint(task.dataset),
         "transform": _transform_fingerprint(task),
         "hidden": keep_hidden,
