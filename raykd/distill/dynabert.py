@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -453,7 +454,13 @@ def train_adaptive(cfg, ctx, base: TaskSpec, seed: int) -> tuple[DynaBert, dict]
         "kind": DynaBertTask, "train": cfg.train.model_copy(update={"seed": cfg.seed + seed}),
         "extra": {"adaptive": AdaptiveSpec(tuple(cfg.dynabert.widths), tuple(cfg.dynabert.depths),
                                            str(out / "rewired.safetensors"))}})
-    if (out / "meta.json").exists():  # trained by an earlier attempt
+    owner = out / "run_id"  # the run (config) whose adaptive model this directory holds
+    if out.exists() and (not owner.exists() or owner.read_text() != ctx.run_id):
+        print(f"[raykd] {item}: {out} holds another config's adaptive model; training this run's", flush=True)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(owner, ctx.run_id.encode())
+    if (out / "meta.json").exists():  # trained by an earlier attempt of this run
         print(f"[raykd] {item}: trained in an earlier attempt, loaded from {out}", flush=True)
         model = load_weights(DynaBert(build_task(base).build_student()), out / "model.safetensors")
         return model, json.loads((out / "meta.json").read_text())
