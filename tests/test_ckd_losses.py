@@ -338,3 +338,145 @@ def test_layer_map_out_of_range_and_too_few_layers_are_user_errors():
         loss_value("wr_pair", {"layer_map": [[7, 1]]}, hs, ht, mask)
     with pytest.raises(UserError, match="at least 3 matched layers"):
         loss_value("ltr_triple", {"layer_map": [[0, 0], [6, 3]]}, hs, ht, mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# scale: paper. The CKD authors' normalisation, written out densely: every position of the padded set is
+# looped over, the diagonal and degenerate triples are terms computed as the authors' code computes them
+# (a zero difference vector normalises to 0, so such angles are 0, and j == k gives 1), and the sum is
+# divided by the product of the mask over all those positions (windowed triples: anchor valid x K^2 slots).
+# --------------------------------------------------------------------------------------------------
+
+
+def authors_unit(v: torch.Tensor) -> torch.Tensor:
+    return v / max(float(v.norm()), 1e-12)
+
+
+def authors_set(kind: str, vs, vt, valid: list[bool], params) -> tuple[float, int]:
+    """(sum of every term over the padded set, the authors' count) for one set of positions 0..S-1."""
+    S = len(vs)
+    total, count = 0.0, 0
+    if kind == "pair_cosine_kl":
+        T = params.get("temperature", 1.0)
+        for i in range(S):
+            count += sum(valid[i] and valid[j] for j in range(S))
+            partners = [j for j in range(S) if valid[i] and valid[j] and j != i]
+            if not partners:
+                continue
+            zs = {j: ref_cos(vs[i], vs[j]) / T for j in partners}
+            zt = {j: ref_cos(vt[i], vt[j]) / T for j in partners}
+            log_zs, log_zt = math.log(sum(map(math.exp, zs.values()))), math.log(sum(map(math.exp, zt.values())))
+            for j in range(S):  # the diagonal and padding have p_t(j|i) = 0 and add 0
+                p_t = math.exp(zt[j] - log_zt) if j in partners else 0.0
+                total += p_t * ((zt[j] - log_zt) - (zs[j] - log_zs)) if p_t else 0.0
+        return total, count
+    if kind == "pair_distance":
+        def dist(v):  # all S x S entries, the diagonal (0) included, normalised by the mean of the nonzero valid ones
+            d = [[float((v[i] - v[j]).norm()) if valid[i] and valid[j] else 0.0 for j in range(S)] for i in range(S)]
+            nonzero = [x for row in d for x in row if x > 0]
+            mean = sum(nonzero) / len(nonzero) if nonzero else 1.0
+            return [[x / mean for x in row] for row in d]
+        ds, dt = dist(vs), dist(vt)
+        for i in range(S):
+            for j in range(S):
+                if valid[i] and valid[j]:
+                    total += ref_huber(ds[i][j] - dt[i][j])
+                    count += 1
+        return total, count
+    window, crit = params.get("window"), params.get("criterion", "mse")
+    us = [[authors_unit(vs[j] - vs[i]) for j in range(S)] for i in range(S)]
+    ut = [[authors_unit(vt[j] - vt[i]) for j in range(S)] for i in range(S)]
+    for i in range(S):
+        if window is None:
+            slots = list(range(S))
+        else:
+            h = (window - 1) // 2
+            slots = list(range(i - h, i + h + 1))
+            count += valid[i] * len(slots) ** 2
+        for j in slots:
+            for k in slots:
+                inside = 0 <= j < S and 0 <= k < S and valid[i] and valid[j] and valid[k]
+                if window is None:
+                    count += inside
+                if inside:
+                    e = float(us[i][j] @ us[i][k]) - float(ut[i][j] @ ut[i][k])
+                    total += e * e if crit == "mse" else ref_huber(e)
+    return total, count
+
+
+def authors_value(kind, level, hs, ht, mask, layer_map, params) -> float:
+    """WR: one set per sentence and matched layer pair (all L positions); LTR: one set per token (M layers)."""
+    total, count = 0.0, 0
+    B, L = mask.shape
+    if level == "wr":
+        sets = [([hs[s_i][b, p].double() for p in range(L)], [ht[t_i][b, p].double() for p in range(L)],
+                 [bool(mask[b, p]) for p in range(L)]) for t_i, s_i in layer_map for b in range(B)]
+    else:
+        sets = [([hs[s_i][b, p].double() for _, s_i in layer_map], [ht[t_i][b, p].double() for t_i, _ in layer_map],
+                 [bool(mask[b, p])] * len(layer_map)) for b in range(B) for p in range(L)]
+    for vs, vt, valid in sets:
+        s, c = authors_set(kind, vs, vt, valid, params)
+        total, count = total + s, count + c
+    return total / max(count, 1)
+
+
+def ragged_batch(seed: int):
+    """Four sentences of lengths 9, 1, 4 and 6 (padding on the right)."""
+    hs, ht, mask = make_batch(seed=seed, B=4, L=9)
+    mask = torch.zeros(4, 9)
+    for b, n in enumerate((9, 1, 4, 6)):
+        mask[b, :n] = 1
+    return hs, ht, mask
+
+
+@pytest.mark.parametrize("batch", ["make_batch", "ragged"])
+@pytest.mark.parametrize("name,params,kind,level", CASES, ids=IDS)
+def test_paper_scale_matches_authors_normalisation(name, params, kind, level, batch):
+    hs, ht, mask = make_batch(seed=15) if batch == "make_batch" else ragged_batch(seed=16)
+    layer_map = uniform_layer_map(len(ht) - 1, len(hs) - 1)
+    ref = authors_value(kind, level, hs, ht, mask, layer_map, params)
+    got = loss_value(name, {**params, "scale": "paper"}, hs, ht, mask)
+    assert ref > 0
+    assert float(got) == pytest.approx(ref, abs=1e-6, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,params,kind,level", CASES, ids=IDS)
+def test_scale_raykd_is_the_default_and_unchanged(name, params, kind, level):
+    hs, ht, mask = ragged_batch(seed=17)
+    default = loss_value(name, params, hs, ht, mask)
+    explicit = loss_value(name, {**params, "scale": "raykd"}, hs, ht, mask)
+    ref = (ref_wr if level == "wr" else ref_ltr)(kind, hs, ht, mask, uniform_layer_map(len(ht) - 1, len(hs) - 1), params)
+    assert float(explicit) == float(default)
+    assert float(default) == pytest.approx(ref, abs=1e-5, rel=1e-5)
+
+
+def paper_over_raykd(name, params, lengths, M) -> float:
+    """The README's table: raykd's count over the authors' count (WR per layer pair, LTR per token)."""
+    n = lengths
+    if name == "wr_pair":
+        raykd = sum(x for x in n if x > 1) if params.get("form", "cosine_kl") == "cosine_kl" else sum(x * (x - 1) for x in n)
+        return raykd / sum(x * x for x in n)
+    if name == "wr_triple":
+        return sum(x * (x - 1) * (x - 2) for x in n) / sum(x**3 for x in n)
+    if name == "ltr_pair":
+        return 1 / M if params.get("form", "cosine_kl") == "cosine_kl" else (M - 1) / M
+    return (M - 1) * (M - 2) / M**2
+
+
+@pytest.mark.parametrize("name,params", [("wr_pair", {}), ("wr_pair", {"form": "distance"}), ("wr_triple", {"window": None}),
+                                         ("ltr_pair", {}), ("ltr_pair", {"form": "distance"}), ("ltr_triple", {})])
+def test_paper_scale_factor_per_loss(name, params):
+    hs, ht, mask = ragged_batch(seed=18)
+    raykd = float(loss_value(name, params, hs, ht, mask))
+    paper = float(loss_value(name, {**params, "scale": "paper"}, hs, ht, mask))
+    M = len(uniform_layer_map(len(ht) - 1, len(hs) - 1))
+    assert paper / raykd == pytest.approx(paper_over_raykd(name, params, [9, 1, 4, 6], M), rel=1e-6)
+
+
+def test_bad_scale_is_refused_with_the_choices():
+    with pytest.raises(UserError, match=r"losses\.0\.scale: Input should be 'raykd' or 'paper', got 'bogus'"):
+        WeightedLoss([{"name": "wr_pair", "scale": "bogus"}])
+    from raykd.config import parse_config
+
+    with pytest.raises(UserError, match=r"scale.*'raykd' or 'paper'"):
+        parse_config({"method": "kd", "losses": [{"name": "ltr_triple", "weight": 10, "scale": "bogus"}]})

@@ -33,6 +33,16 @@ Padding never enters a relation: every term involving an invalid position is rem
 and the count. Teacher relations are computed without autograd. Half-precision inputs are upcast to
 float32.
 
+Scale (``scale="raykd" | "paper"``): raykd divides each loss's sum by the number of terms in it (anchors,
+pairs i != j, distinct triples). The authors' code divides the same sum by a count that also holds the
+diagonal and the degenerate triples, whose terms are 0: n^2 per set of n valid vectors for pairs, n^3 for
+all triples, n*K^2 for windowed triples (K = 2*((w-1)//2) + 1 slots per anchor). ``scale="paper"`` keeps
+raykd's sum and divides it by the authors' count, computed from the mask, so a weight from the paper
+means what it meant there. Per set (WR: n tokens; LTR: M layers) raykd's count -> the authors':
+cosine_kl pair n -> n^2 (LTR: M times smaller), distance pair n(n-1) -> n^2, all triples n(n-1)(n-2) ->
+n^3 (LTR: M(M-1)(M-2)/M^3). Only the count changes: in windowed WR triples the authors' sum also has
+neighbours that are padding or clamped past the sentence's end, which stay out here.
+
 Memory (float32, 4 bytes per element, per matched layer, student side, autograd included)
 ------------------------------------------------------------------------------------------
 B batch, L length, D width, w window, M matched layers, c anchors per chunk (``anchor_chunk``).
@@ -81,6 +91,7 @@ CHUNK_ELEMENTS = 2**21  # default bound on N * c * K * K per anchor chunk (8 MB 
 
 PairForm = Literal["cosine_kl", "distance"]
 Criterion = Literal["mse", "huber"]
+Scale = Literal["raykd", "paper"]
 PAIR_FORMS = get_args(PairForm)
 CRITERIA = get_args(Criterion)
 
@@ -116,6 +127,12 @@ def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask.unsqueeze(2) & mask.unsqueeze(1) & off_diag
 
 
+def _authors_count(mask: torch.Tensor, power: int) -> torch.Tensor:
+    """The count the authors' code divides by, summed over sets: n^power per set of n valid vectors
+    (all pairs or triples of valid positions, the diagonal and repeated indices included)."""
+    return (mask.sum(1) ** power).sum()
+
+
 def _criterion(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name == "mse":
         return lambda a, b: (a - b) ** 2
@@ -127,10 +144,11 @@ def _criterion(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 # --------------------------------------------------------------------------------------------------
 
 
-def pair_cosine_kl(xs: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_cosine_kl(xs: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
+                   scale: str = "raykd") -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over valid anchors i of KL(p_t(.|i) || p_s(.|i)), p(j|i) = softmax_{j != i, valid}(cos(r_i, r_j)/T).
 
-    Returns (sum, number of anchors with at least one valid partner).
+    Returns (sum, number of anchors with at least one valid partner; scale "paper": n^2 per set).
     """
     pairs = _pair_mask(mask)
 
@@ -145,13 +163,13 @@ def pair_cosine_kl(xs: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor, tempe
         log_p_t = log_p(xt)
     kl = torch.where(pairs, log_p_t.exp() * (log_p_t - log_p_s), torch.zeros_like(log_p_s)).sum(-1)  # [N, S]
     anchors = pairs.any(-1)
-    return kl[anchors].sum(), anchors.sum()
+    return kl[anchors].sum(), anchors.sum() if scale == "raykd" else _authors_count(mask, 2)
 
 
-def pair_distance(xs: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_distance(xs: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor, scale: str = "raykd") -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over valid pairs i != j of Huber(d_s(i,j), d_t(i,j)), d = |r_i - r_j| / mean over the set's valid pairs.
 
-    Returns (sum, number of valid pairs).
+    Returns (sum, number of valid pairs; scale "paper": n^2 per set).
     """
     pairs = _pair_mask(mask)
 
@@ -164,7 +182,7 @@ def pair_distance(xs: torch.Tensor, xt: torch.Tensor, mask: torch.Tensor) -> tup
     with torch.no_grad():
         d_t = normalised_distance(xt)
     err = F.smooth_l1_loss(d_s, d_t, reduction="none", beta=1.0)
-    return err[pairs].sum(), pairs.sum()
+    return err[pairs].sum(), pairs.sum() if scale == "raykd" else _authors_count(mask, 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,12 +230,14 @@ def triple_angle(
     window: int | None = None,
     criterion: str = "mse",
     anchor_chunk: int | None = None,
+    scale: str = "raykd",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over valid triples (distinct valid i, j, k; j, k in the window of i) of crit(psi_s, psi_t).
 
     Anchors are processed in chunks of ``anchor_chunk`` (default: ~2^21 elements per chunk); with more
     than one chunk each chunk is recomputed in backward (activation checkpointing) so only one chunk's
-    [N, c, K, K] intermediates are alive at a time. Returns (sum, number of valid triples).
+    [N, c, K, K] intermediates are alive at a time. Returns (sum, number of valid triples; scale
+    "paper": n^3 per set, or n*K^2 with a window of K slots).
     """
     N, S = mask.shape
     nbr_all, real_all = _neighbours(S, window, mask.device)
@@ -252,6 +272,8 @@ def triple_angle(
         else:
             err, n = chunk_error(gram_s, dist_s, lo, hi)
         total, count = total + err, count + n
+    if scale == "paper":
+        count = _authors_count(mask, 3) if window is None else mask.sum() * K * K
     return total, count
 
 
@@ -315,10 +337,14 @@ def layer_transforming_relation(
 
 
 class RelationParams(FeatureParams):
-    """Parameters shared by the relation losses: the layer map (or module paths) and how many matched
-    layers it needs. Relations compare within each model, so widths may differ and nothing is projected."""
+    """Parameters shared by the relation losses: the layer map (or module paths), how many matched
+    layers it needs, and the scale of the value. Relations compare within each model, so widths may
+    differ and nothing is projected."""
 
     min_layers: ClassVar[int] = 1
+    scale: Scale = Field("raykd", description="raykd: mean over real anchors, pairs and triples; paper: the same sum "
+                         "divided as the CKD authors' code divides it (diagonal and degenerate triples counted), so "
+                         "the paper's weights carry over")
 
     @model_validator(mode="after")
     def _enough_layers(self):
@@ -356,10 +382,11 @@ class _RelationLoss(nn.Module):
     name = ""
     min_layers = 1
 
-    def __init__(self, layer_map: list[list[int]] | None, teacher_module=None, student_module=None):
+    def __init__(self, layer_map: list[list[int]] | None, teacher_module=None, student_module=None, scale: str = "raykd"):
         super().__init__()
         self.layer_map = [tuple(p) for p in layer_map] if layer_map else None
         self.modules_ = module_pairs(teacher_module, student_module)
+        self.scale = scale
 
     def features(self, student_out, teacher_out, batch) -> tuple[list, list, torch.Tensor | None, list[tuple[int, int]]]:
         """(student features, teacher features, token mask, (teacher, student) index pairs)."""
@@ -387,10 +414,10 @@ class _RelationLoss(nn.Module):
         return pairs
 
 
-def _pair_relation(form: str, temperature: float) -> Relation:
+def _pair_relation(form: str, temperature: float, scale: str) -> Relation:
     if form == "cosine_kl":
-        return lambda xs, xt, m: pair_cosine_kl(xs, xt, m, temperature)
-    return pair_distance
+        return lambda xs, xt, m: pair_cosine_kl(xs, xt, m, temperature, scale)
+    return lambda xs, xt, m: pair_distance(xs, xt, m, scale)
 
 
 @register_loss("wr_pair", params=PairParams)
@@ -400,9 +427,9 @@ class WRPair(_RelationLoss):
     name = "wr_pair"
 
     def __init__(self, context: dict, layer_map: list[list[int]] | None = None, form: str = "cosine_kl", temperature: float = 1.0,
-                 teacher_module=None, student_module=None):
-        super().__init__(layer_map, teacher_module, student_module)
-        self.relation = _pair_relation(form, float(temperature))
+                 teacher_module=None, student_module=None, scale: str = "raykd"):
+        super().__init__(layer_map, teacher_module, student_module, scale)
+        self.relation = _pair_relation(form, float(temperature), scale)
 
     def forward(self, student_out, teacher_out, batch):
         hs, ht, mask, pairs = self.features(student_out, teacher_out, batch)
@@ -416,13 +443,13 @@ class WRTriple(_RelationLoss):
     name = "wr_triple"
 
     def __init__(self, context: dict, layer_map: list[list[int]] | None = None, window: int | None = 21, criterion: str = "mse",
-                 anchor_chunk: int | None = None, teacher_module=None, student_module=None):
-        super().__init__(layer_map, teacher_module, student_module)
+                 anchor_chunk: int | None = None, teacher_module=None, student_module=None, scale: str = "raykd"):
+        super().__init__(layer_map, teacher_module, student_module, scale)
         self.window, self.criterion, self.anchor_chunk = window, criterion, anchor_chunk
 
     def forward(self, student_out, teacher_out, batch):
         hs, ht, mask, pairs = self.features(student_out, teacher_out, batch)
-        rel = lambda xs, xt, m: triple_angle(xs, xt, m, self.window, self.criterion, self.anchor_chunk)  # noqa: E731
+        rel = lambda xs, xt, m: triple_angle(xs, xt, m, self.window, self.criterion, self.anchor_chunk, self.scale)  # noqa: E731
         return word_relation(hs, ht, mask, pairs, rel)
 
 
@@ -434,9 +461,9 @@ class LTRPair(_RelationLoss):
     min_layers = LTRPairParams.min_layers
 
     def __init__(self, context: dict, layer_map: list[list[int]] | None = None, form: str = "cosine_kl", temperature: float = 1.0,
-                 teacher_module=None, student_module=None):
-        super().__init__(layer_map, teacher_module, student_module)
-        self.relation = _pair_relation(form, float(temperature))
+                 teacher_module=None, student_module=None, scale: str = "raykd"):
+        super().__init__(layer_map, teacher_module, student_module, scale)
+        self.relation = _pair_relation(form, float(temperature), scale)
 
     def forward(self, student_out, teacher_out, batch):
         hs, ht, mask, pairs = self.features(student_out, teacher_out, batch)
@@ -451,13 +478,13 @@ class LTRTriple(_RelationLoss):
     min_layers = LTRTripleParams.min_layers
 
     def __init__(self, context: dict, layer_map: list[list[int]] | None = None, criterion: str = "mse",
-                 teacher_module=None, student_module=None):
-        super().__init__(layer_map, teacher_module, student_module)
+                 teacher_module=None, student_module=None, scale: str = "raykd"):
+        super().__init__(layer_map, teacher_module, student_module, scale)
         self.criterion = criterion
 
     def forward(self, student_out, teacher_out, batch):
         hs, ht, mask, pairs = self.features(student_out, teacher_out, batch)
-        rel = lambda xs, xt, m: triple_angle(xs, xt, m, None, self.criterion)  # noqa: E731
+        rel = lambda xs, xt, m: triple_angle(xs, xt, m, None, self.criterion, scale=self.scale)  # noqa: E731
         return layer_transforming_relation(hs, ht, mask, pairs, rel)
 
 
