@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raykd.engine.task import TaskSpec, build_task  # noqa: E402
-from raykd.engine.trainer import make_optimizer  # noqa: E402
+from raykd.engine.task import make_optimizer  # noqa: E402
 
 TEACHER = {"name": "cnn", "args": {"widths": [16, 32], "hidden": 128}, "weights": None}
 STUDENT = {"name": "cnn", "args": {"widths": [8, 16], "hidden": 32}}

@@ -106,6 +106,8 @@ def _config_args(r: argparse.ArgumentParser, run: bool) -> None:
     if run:
         r.add_argument("--output-dir", default=None, help="override output_dir")
         r.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier attempt of the same run")
+        r.add_argument("--verbose", action="store_true",
+                       help="also Ray's own messages (worker-group start-up, every report, checkpoint paths)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        import os
+
+        os.environ["RAYKD_VERBOSE"] = "1"  # read by raykd.runtime.verbose() where Ray runs are configured
     try:
         if getattr(args, "a", None) is not None and not 0 <= args.a <= 1:
             raise UserError(f"--a {args.a}: must be in [0, 1]")

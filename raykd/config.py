@@ -169,9 +169,14 @@ class LossSpec(Strict):
 
 
 class EngineConfig(Strict):
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel student training)")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="Ray Train workers (data-parallel student training); auto: one per GPU, else one per "
+                            "node (on CPUs, a worker's threads beat a second worker on the same cores), and one per "
+                            "trial in a sweep")
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float | Literal["auto"] = Field(
+        "auto", description="CPUs (torch threads) per worker; auto: a node's CPUs shared by its workers, and 1 "
+                            "where runs go side by side (sweep trials, self-distillation lanes)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement-group strategy of the Train workers; SPREAD puts them on different nodes when they fit")
     teacher_placement: Literal["colocated", "actor_pool"] = "colocated"
@@ -183,6 +188,49 @@ class EngineConfig(Strict):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     max_failures: int = Field(0, ge=0, description="Ray Train FailureConfig(max_failures)")
     storage_path: str | None = Field(None, description="where Ray Train keeps checkpoints (default: output_dir/ray)")
+
+    @field_validator("num_workers", "cpus_per_worker")
+    @classmethod
+    def _positive(cls, v, info):
+        if v != "auto" and not v > 0 or (info.field_name == "num_workers" and v != "auto" and v < 1):
+            raise ValueError(f"expected auto or a number >= {1 if info.field_name == 'num_workers' else 'above 0'}, got {v!r}")
+        return v
+
+    def resolved(self, concurrent: bool = False) -> "EngineConfig":
+        """This engine with ``auto`` replaced by numbers for the cluster Ray is connected to (or this
+        machine). ``concurrent``: several such runs share the cluster (sweep trials, self-distillation
+        lanes): auto then means one worker with one CPU per run."""
+        workers, cpus = self.num_workers, self.cpus_per_worker
+        if workers != "auto" and cpus != "auto":
+            return self
+        nodes, gpus = cluster_shape()
+        use_gpu = gpus > 0 if self.use_gpu is None else self.use_gpu
+        if workers == "auto":
+            workers = 1 if concurrent else (max(1, int(gpus)) if use_gpu else max(1, len(nodes)))
+        if cpus == "auto":
+            if concurrent:
+                cpus = 1.0
+            else:
+                spare = self.teacher_actors * self.teacher_cpus if self.teacher_placement == "actor_pool" else 0.0
+                per_node = max(1, math.ceil(workers / max(1, len(nodes))))
+                cpus = float(max(1, math.floor((min(nodes) - spare) / per_node))) if nodes else 1.0
+        return self.model_copy(update={"num_workers": int(workers), "cpus_per_worker": float(cpus)})
+
+
+def cluster_shape() -> tuple[list[float], float]:
+    """CPUs of each alive node and the GPUs in all, of the Ray cluster this process is connected to
+    (this machine's cores when Ray is not running)."""
+    import os
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+            return [c for c in nodes if c > 0] or [1.0], float(ray.cluster_resources().get("GPU", 0))
+    except ImportError:
+        pass
+    return [float(os.cpu_count() or 1)], 0.0
 
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")

@@ -59,6 +59,7 @@ class RunContext:
     callbacks: list = field(default_factory=list)  # extra Ray Train callbacks (a sweep trial's Tune reporter)
     trial: str | None = None           # the Tune trial this run is, in a sweep
     reported: bool = False             # whether a Train run reported through ``callbacks``
+    trial_in_process: bool = False     # a sweep trial that trains in its own process (no worker group)
 
     # ---- results, keyed by item -----------------------------------------------------------------
     def done(self, item: str) -> dict | None:
@@ -103,13 +104,14 @@ class RunContext:
     def tensorboard_dir(self) -> Path:
         return self.out_dir / "tensorboard"
 
-    def train_callbacks(self, item: str) -> list:
-        """Ray Train callbacks of ``item``'s run: its epochs in TensorBoard, plus those of the caller
-        (a sweep trial's Tune reporter)."""
+    def train_callbacks(self, item: str | list[str]) -> list:
+        """Ray Train callbacks of the run that trains ``item`` (or several items in turn): each item's epochs
+        in TensorBoard under its own name, plus those of the caller (a sweep trial's Tune reporter)."""
         from raykd.engine.tensorboard import TensorBoardCallback
 
-        self.reported = self.reported or bool(self.callbacks)
-        return [TensorBoardCallback(self.tensorboard_dir / self.ray_name(item)), *self.callbacks]
+        self.reported = self.reported or bool(self.callbacks) or self.trial_in_process
+        items = [item] if isinstance(item, str) else list(item)
+        return [TensorBoardCallback({i: self.tensorboard_dir / self.ray_name(i) for i in items}), *self.callbacks]
 
 
 @dataclass

@@ -44,6 +44,7 @@ class Method:
     check: Callable[[Any], None] | None = None
     summary: str = ""
     prepare: Callable[[Any, Any], None] | None = None
+    trial_in_process: bool = False  # a sweep trial of one worker trains in the trial's own process (run honours ctx.trial_in_process)
 
     def __post_init__(self):
         unknown = set(self.sections) - set(SHARED_SECTIONS)
@@ -56,12 +57,13 @@ class Method:
 
 def register_method(name: str, *, settings: type | None = None, sections: dict[str, Callable[[], Any] | None] | None = None,
                     check: Callable[[Any], None] | None = None, summary: str = "",
-                    prepare: Callable[[Any, Any], None] | None = None):
+                    prepare: Callable[[Any, Any], None] | None = None, trial_in_process: bool = False):
     """Decorator for a method's ``run(cfg, ctx)``: registers it with its settings and sections."""
 
     def deco(run: Callable) -> Callable:
         METHODS.register(name, Method(name, run, settings, dict(sections or {}), check,
-                                      summary or next(iter((run.__doc__ or "").strip().splitlines()), ""), prepare))
+                                      summary or next(iter((run.__doc__ or "").strip().splitlines()), ""), prepare,
+                                      trial_in_process))
         return run
 
     return deco

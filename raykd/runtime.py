@@ -53,20 +53,38 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
                   "ray.init(runtime_env=raykd.plugins.runtime_env()) or let raykd start it", flush=True)
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train's controller polls its workers every 2 s by default, so a short run waited up to 2 s
+    # to be seen starting and finishing; 0.2 s costs the controller little and no run waits for it
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         env = runtime_env(plugins, ship_modules=False)
-        ray.init(address=address, **({"runtime_env": env} if env else {}))
+        ray.init(address=address, logging_config=ray.LoggingConfig(log_level=ray_log_level()),
+                 **({"runtime_env": env} if env else {}))
         return
     env = runtime_env(plugins)
     if env:
         init_kwargs["runtime_env"] = env
+    # Ray Train's preemption watcher (an actor per run) listens for cloud nodes' preemption notices; a
+    # private instance on this machine gets none, and the watcher's start logged an error line per run
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     try:
         _start_local(num_cpus=num_cpus, dashboard=dashboard, logging_level=logging_level, **init_kwargs)
     except RuntimeError as e:  # the GCS port chosen beforehand was taken in the meantime: try another once
         if "GCS" not in str(e):
             raise
         _start_local(num_cpus=num_cpus, dashboard=dashboard, logging_level=logging_level, **init_kwargs)
+
+
+def verbose() -> bool:
+    """Whether Ray's own messages are shown (``raykd ... --verbose``, or ``RAYKD_VERBOSE=1``); without,
+    the console holds raykd's lines: one per epoch of each model, and the results table."""
+    return os.environ.get("RAYKD_VERBOSE", "") not in ("", "0")
+
+
+def ray_log_level() -> str:
+    """Level of Ray Train's own ``ray.train`` logs (worker-group start-up, each report, checkpoint paths)."""
+    return "INFO" if verbose() else "WARNING"
 
 
 def local_env() -> dict[str, str]:
@@ -102,8 +120,15 @@ def _start_local(*, num_cpus: int | None, dashboard: bool, logging_level: str, *
         # a worker started with the job's env vars must still find this instance (Ray Train's placement
         # group cleaner looks it up; with another Ray on the machine it would give up and remove the group)
         init_kwargs["runtime_env"] = {**job_env, "env_vars": {**job_env["env_vars"], "RAY_ADDRESS": env["RAY_ADDRESS"]}}
+    if not verbose():  # Ray's notice that token authentication is on (it stays on), at every start
+        import logging
+
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     with _environ(env), mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False), \
             mock.patch.object(RayParams, "__init__", functools.partialmethod(RayParams.__init__, dashboard_agent_listen_port=0)):
+        # the job's Python logging (driver, tasks, actors, Train workers) at ray_log_level(): Ray Train's
+        # per-report lines are logged under a logger its own LoggingConfig does not reach
+        init_kwargs.setdefault("logging_config", ray.LoggingConfig(log_level=ray_log_level()))
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  logging_level=logging_level, **init_kwargs)
 

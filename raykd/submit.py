@@ -54,7 +54,7 @@ def runtime_env(extra_env: dict[str, str] | None = None, plugin_dirs: list[str] 
     """The job's runtime_env: this repository as working_dir (the cluster already has raykd's
     dependencies), and the package of ``.py`` plugins as ``py_modules`` (see :func:`job_plugins`)."""
     env = {"working_dir": str(REPO), "excludes": EXCLUDES,
-           "env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+           "env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
     env["env_vars"].update(extra_env or {})
     if plugin_dirs:
         env["py_modules"] = list(plugin_dirs)

@@ -340,3 +340,43 @@ def test_small_aliases_still_work(tmp_path):
     p.write_text("method: kd\ntrain: &t {epochs: 1, lr: 0.01}\nteacher: {name: cnn, train: *t}\n")
     cfg = load_config(p)
     assert cfg.teacher.train.lr == cfg.train.lr == 0.01
+
+
+def test_engine_auto_resolves_from_the_machine_and_keeps_explicit_values(monkeypatch):
+    """engine.num_workers / cpus_per_worker auto: one worker with all of a node's CPUs as threads (two
+    workers on the same cores were slower than one); one worker with one CPU per concurrent run."""
+    import raykd.config as C
+    from raykd.config import EngineConfig
+
+    monkeypatch.setattr(C, "cluster_shape", lambda: ([8.0], 0.0))
+    e = EngineConfig()
+    assert (e.num_workers, e.cpus_per_worker) == ("auto", "auto")
+    r = e.resolved()
+    assert (r.num_workers, r.cpus_per_worker) == (1, 8.0)
+    r = e.resolved(concurrent=True)
+    assert (r.num_workers, r.cpus_per_worker) == (1, 1.0)
+    r = EngineConfig(num_workers=2).resolved()
+    assert (r.num_workers, r.cpus_per_worker) == (2, 4.0)  # the node's CPUs shared by its workers
+    assert EngineConfig(num_workers=3, cpus_per_worker=0.5).resolved() == EngineConfig(num_workers=3, cpus_per_worker=0.5)
+    monkeypatch.setattr(C, "cluster_shape", lambda: ([16.0, 16.0, 4.0], 0.0))
+    r = EngineConfig().resolved()
+    assert (r.num_workers, r.cpus_per_worker) == (3, 4.0)  # one per node, as many threads as the smallest has
+    monkeypatch.setattr(C, "cluster_shape", lambda: ([16.0, 16.0], 4.0))
+    r = EngineConfig().resolved()
+    assert (r.num_workers, r.cpus_per_worker) == (4, 8.0)  # one per GPU
+    r = EngineConfig(teacher_placement="actor_pool", teacher_actors=2, teacher_cpus=1.0).resolved()
+    assert r.cpus_per_worker == 7.0  # room left on the node for the teacher actors
+    from pydantic import ValidationError
+
+    for bad in ({"num_workers": 0}, {"num_workers": -1}, {"cpus_per_worker": 0}, {"cpus_per_worker": "many"}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            EngineConfig(**bad)
+
+
+def test_verbose_switches_rays_own_log_level(monkeypatch):
+    from raykd import runtime
+
+    monkeypatch.delenv("RAYKD_VERBOSE", raising=False)
+    assert runtime.ray_log_level() == "WARNING"
+    monkeypatch.setenv("RAYKD_VERBOSE", "1")
+    assert runtime.ray_log_level() == "INFO"

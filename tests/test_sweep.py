@@ -63,6 +63,9 @@ def test_sweep_of_4_trials_fills_the_table(ray_session, tmp_path):
 
     fwd = [json.loads(e)["teacher_forward_examples"] for e in df["extra"]]
     assert all(f == 0 for f in fwd), fwd
+    # one-worker trials trained in their own (reused) processes: no Ray Train run was started for them
+    assert not [p for p in (out / "ray").iterdir() if p.name.endswith("-students")]
+    assert {json.loads(e)["workers"] for e in df["extra"]} == {1}
 
 
 def test_space_is_validated_before_any_trial(tmp_path):

@@ -161,6 +161,7 @@ def distill_on_ray(recipe: Recipe, engine: EngineConfig, name: str, storage: Pat
 
     Each worker takes an equal share of the CPUs free now (at least ``engine.cpus_per_worker``) as its
     torch threads; inside a Tune trial the trial's own driver holds a sliver of a CPU."""
+    engine = engine.resolved(concurrent=True)  # auto: one worker, taking the free CPUs below
     use_gpu = cluster_has_gpus() if engine.use_gpu is None else engine.use_gpu
     free = int(ray.available_resources().get("CPU", 1))
     cpus = max(engine.cpus_per_worker, float(free // engine.num_workers))

@@ -26,7 +26,7 @@ from raykd.data.prepare import fingerprint
 from raykd.distill.lm import STUDENT_INITS, check_student_init
 from raykd.engine.checkpoint import load_weights, save_weights
 from raykd.engine.task import ClassifyTask, TaskSpec, TeacherRef, build_task
-from raykd.engine.trainer import fit
+from raykd.engine.trainer import Job, finished_jobs, fit, fit_many
 from raykd.method import register_method
 from raykd.models.size import param_count_on_meta, size_report
 from raykd.paths import atomic_write_bytes, cache_dir
@@ -200,43 +200,61 @@ def student_jobs(cfg) -> list[tuple[str, ModelSpec, list[LossSpec], str]]:
     return jobs
 
 
-@register_method("kd", settings=KDSettings, check=check, prepare=prepare_teacher,
+def job_groups(cfg, jobs: list) -> list[list]:
+    """Jobs that train in one worker group, in turn (the group starts once for all of them). A teacher
+    streamed from an actor pool feeds one distilled student per group."""
+    if cfg.engine.teacher_placement != "actor_pool":
+        return [jobs]
+    return [[j] for j in jobs if j.task.uses_teacher] + ([rest] if (rest := [j for j in jobs if not j.task.uses_teacher]) else [])
+
+
+@register_method("kd", settings=KDSettings, check=check, prepare=prepare_teacher, trial_in_process=True,
                  sections={"data": None, "teacher": None, "students": None, "losses": None, "train": None,
                            "engine": None, "sweep": None})
 def run(cfg, ctx) -> list[dict]:
     """Teacher -> students distillation on Ray Train (CNNs on images, BERTs on text)."""
     teacher = prepare_teacher(cfg, ctx)
     t_size, common = teacher["size"], teacher["common"]
-    jobs = student_jobs(cfg)
-    for n, (item, spec, losses, kind) in enumerate(jobs):
+    todo, examples = [], {}
+    for n, (item, spec, losses, kind) in enumerate(student_jobs(cfg)):
         if ctx.done(item) is not None:
-            print(f"[raykd] [{n + 1}/{len(jobs)}] {kind} student {spec.display}: done in an earlier attempt", flush=True)
+            print(f"[raykd] {kind} student {spec.display}: done in an earlier attempt", flush=True)
             continue
         task = TaskSpec(dataset=cfg.data, student=spec, teacher=TeacherRef(name=cfg.teacher.name, args=cfg.teacher.args,
                                                                              weights=teacher["weights"]),
                         losses=losses, train=cfg.train.model_copy(update={"seed": cfg.train.seed + cfg.seed}),
                         student_init=cfg.kd.student_init if kind == "kd" else "random")
-        print(f"[raykd] [{n + 1}/{len(jobs)}] {kind} student {spec.display}: "
-              f"{' + '.join(f'{l.weight}*{l.name}' for l in losses)}", flush=True)
-        size = cfg.metric.size  # DS of every epoch, reported to Ray (and to Tune schedulers in a sweep)
         s_task = build_task(task)
-        example = s_task.example_input(s_task.load_split("test"))  # the student's own token ids
-        s_size = size_report(s_task.build_student(), example, latency=False)
+        examples[item] = s_task.example_input(s_task.load_split("test"))  # the student's own token ids
+        s_size = size_report(s_task.build_student(), examples[item], latency=False)
+        size = cfg.metric.size  # DS of every epoch, reported to Ray (and to Tune schedulers in a sweep)
         ds_ref = {"size_s": s_size[size], "size_t": t_size[size], "acc_t": teacher["accuracy"], "a": cfg.metric.a}
-        t0 = time.time()
-        result = fit(task, cfg.engine, ctx.ray_name(item), ctx.storage, label=f"{kind} {spec.display}",
-                     extra_config={"ds_ref": ds_ref}, callbacks=ctx.train_callbacks(item))
-        wall = time.time() - t0
-        student = load_trained(task, result)
-        save_student(student, ctx.students_dir / item, build_task(task))
-        s = size_report(student, example)
-        row = make_row(method=kind, item=item, student=spec.display, params=s["params"], bytes=s["bytes"], macs=s["macs"],
-                       accuracy=result.metrics["accuracy"], wall_time_s=wall, seed=task.train.seed,
-                       extra={"latency_ms": s["latency_ms"], "losses": task.loss_dicts(), "epochs": cfg.train.epochs,
-                              "samples_per_s": result.metrics.get("samples_per_s"),
-                              "teacher_forward_examples": result.metrics.get("teacher_forward_examples"),
-                              "placement": cfg.engine.teacher_placement, "workers": cfg.engine.num_workers}, **common)
-        ctx.record([row])
-        print(f"[raykd] {kind} {spec.display}: accuracy {row['accuracy']:.4f} (teacher {teacher['accuracy']:.4f}), "
-              f"params {row['params']:,}, DS {row['ds']:.4f}, {wall:.0f}s", flush=True)
+        todo.append((Job(item, task, f"{kind} {spec.display}", ds_ref), kind, spec))
+    engine = cfg.engine.resolved(concurrent=ctx.trial is not None)
+    for group in job_groups(cfg, [j for j, _, _ in todo]):
+        if not group:
+            continue
+        print(f"[raykd] training {len(group)} student(s) in turn on {engine.num_workers} worker(s) x "
+              f"{engine.cpus_per_worker:g} CPU(s): " + ", ".join(j.label for j in group), flush=True)
+        name = ctx.ray_name("students" if len(group) == len(todo) else group[0].item)
+        result = fit_many(group, cfg.engine, name, ctx.storage, callbacks=ctx.train_callbacks([j.item for j in group]),
+                          in_trial=ctx.trial_in_process)
+        with finished_jobs(result) as finished:
+            for job in group:
+                kind, spec = next((k, s) for j, k, s in todo if j is job)
+                m = finished[job.item].metrics
+                student = build_task(job.task).build_student()
+                load_weights(student, finished[job.item].weights)
+                save_student(student, ctx.students_dir / job.item, build_task(job.task))
+                s = size_report(student, examples[job.item])
+                row = make_row(method=kind, item=job.item, student=spec.display, params=s["params"], bytes=s["bytes"],
+                               macs=s["macs"], accuracy=m["accuracy"], wall_time_s=m.get("job_wall_s"), seed=job.task.train.seed,
+                               extra={"latency_ms": s["latency_ms"], "losses": job.task.loss_dicts(), "epochs": cfg.train.epochs,
+                                      "samples_per_s": m.get("samples_per_s"),
+                                      "teacher_forward_examples": m.get("teacher_forward_examples"),
+                                      "placement": cfg.engine.teacher_placement, "workers": engine.num_workers,
+                                      "cpus_per_worker": engine.cpus_per_worker}, **common)
+                ctx.record([row])
+                print(f"[raykd] {kind} {spec.display}: accuracy {row['accuracy']:.4f} (teacher {teacher['accuracy']:.4f}), "
+                      f"params {row['params']:,}, DS {row['ds']:.4f}, {row['wall_time_s']:.0f}s", flush=True)
     return ctx.rows().to_dict("records")

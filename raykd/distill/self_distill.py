@@ -367,7 +367,7 @@ def train_item(cfg, ctx, item: Item, teacher: dict | None) -> dict:
     print(f"[raykd] self_distill: training {item.name}"
           + (f", teacher {teacher['item']} (acc {teacher['accuracy']:.4f})" if teacher else ""), flush=True)
     t0 = time.time()
-    result = fit(task, cfg.engine, ctx.ray_name(item.name), ctx.storage, label=item.name,
+    result = fit(task, cfg.engine.resolved(concurrent=True), ctx.ray_name(item.name), ctx.storage, label=item.name,
                  callbacks=ctx.train_callbacks(item.name))
     wall = time.time() - t0
     saved = save_student(load_trained(task, result), ctx.students_dir / item.name, build_task(task))
@@ -398,7 +398,7 @@ def concurrency(cfg, lanes: int) -> int:
 
     if cfg.self_distill.concurrent_runs:
         return min(lanes, cfg.self_distill.concurrent_runs)
-    e, res = cfg.engine, ray.cluster_resources()
+    e, res = cfg.engine.resolved(concurrent=True), ray.cluster_resources()
     fit_in = int(res.get("CPU", 1) // (e.num_workers * e.cpus_per_worker))
     if e.use_gpu or (e.use_gpu is None and cluster_has_gpus()):
         fit_in = min(fit_in, int(res.get("GPU", 0) // e.num_workers))

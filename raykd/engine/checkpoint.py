@@ -101,7 +101,8 @@ def save_state(directory: str | Path, model: nn.Module, optimizer: torch.optim.O
             save_weights(mod, directory / f"{name}.safetensors")
     if optimizer is not None:
         _atomic(directory / "optimizer.pt", lambda tmp: torch.save(optimizer.state_dict(), tmp))
-    files = {p.name: p.stat().st_size for p in directory.iterdir() if p.is_file() and p.name != "state.json"}
+    files = {p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name != "state.json"}  # with the finished jobs' models under done/
     blob = json.dumps({**state, "_files": files}, default=float).encode()  # numpy / 0-d tensor scalars
     _atomic(directory / "state.json", lambda tmp: tmp.write_bytes(blob))
     return directory

@@ -309,6 +309,14 @@ class ClassifyTask:
         return {k: v for k, v in b.items() if k in ("input_ids", "attention_mask")} if "input_ids" in b else b["x"]
 
 
+def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
 def lr_at(step: int, total: int, base: float, schedule: str, warmup_fraction: float = 0.0) -> float:
     warm = int(total * warmup_fraction)
     if warm and step < warm:

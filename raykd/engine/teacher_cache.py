@@ -65,20 +65,25 @@ def estimate_bytes(task: TaskSpec, n: int, num_classes: int) -> int:
     return 2 * n * per
 
 
-def build(task: TaskSpec, engine: EngineConfig, use_gpu: bool, directory: Path) -> None:
-    """Run the teacher once over the training split with the actor pool and store the outputs in
-    ``directory`` (a fresh directory that :func:`raykd.cache.entry` renames into place when complete)."""
+def build(task: TaskSpec, engine: EngineConfig, use_gpu: bool, directory: Path, local: bool = False) -> None:
+    """Run the teacher once over the training split with the actor pool (``local``: in this process,
+    whose CPUs are the caller's, e.g. a sweep trial's) and store the outputs in ``directory`` (a fresh
+    directory that :func:`raykd.cache.entry` renames into place when complete)."""
     from raykd.engine.teacher_pool import TeacherInference
 
     method = build_task(task)
     n = len(method.load_split("train")["label"])
     bs = task.train.batch_size * 4
-    ds = ray.data.range(n).map_batches(
-        TeacherInference, fn_constructor_kwargs={"task": task, "max_length": task.dataset.max_length},
-        batch_size=bs, concurrency=engine.teacher_actors, num_cpus=engine.teacher_cpus,
-        num_gpus=engine.teacher_gpus if use_gpu else 0)
+    if local:
+        infer = TeacherInference(task, task.dataset.max_length)
+        batches = (infer({"id": np.arange(i, min(n, i + bs))}) for i in range(0, n, bs))
+    else:
+        batches = ray.data.range(n).map_batches(
+            TeacherInference, fn_constructor_kwargs={"task": task, "max_length": task.dataset.max_length},
+            batch_size=bs, concurrency=engine.teacher_actors, num_cpus=engine.teacher_cpus,
+            num_gpus=engine.teacher_gpus if use_gpu else 0).iter_batches(batch_size=bs, batch_format="numpy")
     logits, hidden, seen = None, None, 0
-    for b in ds.iter_batches(batch_size=bs, batch_format="numpy"):
+    for b in batches:
         idx = b["id"]
         if logits is None:
             logits = np.zeros((n, b["t_logits"].shape[1]), np.float16)
@@ -99,8 +104,10 @@ def build(task: TaskSpec, engine: EngineConfig, use_gpu: bool, directory: Path) 
                                                     "context": ctx, "teacher": task.teacher.name}))
 
 
-def get_or_build(task: TaskSpec, engine: EngineConfig, use_gpu: bool = False) -> "ray.ObjectRef | None":
-    """An object-store reference to the cached outputs (building them once), or None to go online."""
+def get_or_build(task: TaskSpec, engine: EngineConfig, use_gpu: bool = False, local: bool = False) -> "ray.ObjectRef | None":
+    """An object-store reference to the cached outputs (building them once), or None to go online.
+    ``local``: build them in this process (a caller that holds the CPUs, like a sweep trial training
+    in its own process, would otherwise wait for CPUs it holds itself)."""
     keep_hidden = _needs_hidden(task)
     key = cache_key(task, keep_hidden)
     if key in _REFS:
@@ -118,7 +125,7 @@ def get_or_build(task: TaskSpec, engine: EngineConfig, use_gpu: bool = False) ->
 
     def compute(tmp: Path) -> None:
         print(f"[raykd] teacher-output cache: computing the teacher's outputs once (key {key})", flush=True)
-        build(task, engine, use_gpu, tmp)
+        build(task, engine, use_gpu, tmp, local)
 
     def read(d: Path) -> dict:
         meta = json.loads((d / "meta.json").read_text())

@@ -1,5 +1,7 @@
-"""The Ray Train (V2) engine: one ``TorchTrainer`` run trains one model described by a
-:class:`~raykd.engine.task.TaskSpec`.
+"""The Ray Train (V2) engine: one ``TorchTrainer`` run trains the models of a run (jobs, each
+described by a :class:`~raykd.engine.task.TaskSpec`) in turn, in one worker group started once
+(:func:`fit_many`; :func:`fit` for one model). Inside a Tune trial that holds one worker's CPUs the
+same loop runs in the trial's own process (:class:`TrialSession`), which Tune reuses for the next trial.
 
 Where the frozen teacher's outputs come from (``engine.teacher_placement`` / ``engine.teacher_cache``):
 
@@ -12,15 +14,24 @@ Where the frozen teacher's outputs come from (``engine.teacher_placement`` / ``e
   to every worker through the object store (see :mod:`raykd.engine.teacher_cache`).
 
 The model trains data-parallel (DDP through ``ray.train.torch.prepare_model``); every epoch ends with
-an evaluation on the evaluation split (sharded over workers, all-reduced) and a checkpoint; a
+an evaluation on the evaluation split (sharded over workers, all-reduced) and a checkpoint. A
+checkpoint holds the current job's state and every finished job's model (``done/<item>/``), so a
 restarted run (a worker failure, or the same run started again) resumes from the newest intact
-checkpoint.
+checkpoint: finished jobs are skipped, the current one continues from its last epoch.
+
+``engine.num_workers`` / ``cpus_per_worker`` ``auto`` (the default) resolve against the cluster
+(:meth:`raykd.config.EngineConfig.resolved`): one worker per GPU, else one per node with the node's
+CPUs as torch threads (on one machine a second DDP worker on the same cores was no faster than threads,
+and changes the global batch), and one worker with one CPU per run where runs go side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -36,19 +47,12 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raykd.config import EngineConfig, TrainConfig
-from raykd.engine.checkpoint import load_state, restore_newest, save_state, unwrap
-from raykd.engine.task import ClassifyTask, TaskSpec, build_task, lr_at
+from raykd.config import EngineConfig
+from raykd.engine.checkpoint import load_state, read_state, restore_newest, save_state, save_weights, unwrap
+from raykd.engine.task import ClassifyTask, TaskSpec, build_task, lr_at, make_optimizer  # noqa: F401 (re-exported)
 from raykd.metrics import distillation_score
 from raykd.plugins import loaded, setup_worker
-
-
-def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True)
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+from raykd.runtime import ray_log_level
 
 
 def _all_reduce_sum(values: list[float], device) -> list[float]:
@@ -133,7 +137,7 @@ class Streamed(TeacherSource):
 
     def epoch(self, w, epoch):
         bs = w.task.spec.train.batch_size
-        shard = ray.train.get_dataset_shard("train")
+        shard = w.session.get_dataset_shard("train")
         for item in shard.iter_torch_batches(batch_size=bs, drop_last=False, local_shuffle_buffer_size=4 * bs):
             batch = w.task.batch(w.train_arrays, item["id"].numpy())
             t_out = {"logits": item["t_logits"].float()}
@@ -144,16 +148,101 @@ class Streamed(TeacherSource):
 
 
 # ------------------------------------------------------------------------------------------------
-# One worker's run
+# Where the loop runs: a Ray Train worker, or a Tune trial that is its own single worker
+# ------------------------------------------------------------------------------------------------
+
+class TrainSession:
+    """The loop inside a Ray Train worker group (ranks, DDP, the run's checkpoints)."""
+
+    def __init__(self):
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def get_checkpoint(self):
+        return ray.train.get_checkpoint()
+
+    def get_dataset_shard(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict, directory: str | None) -> None:
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory) if directory else None)
+
+
+class TrialSession:
+    """The loop inside a Tune trial's own process (one worker: no worker group to start, and Tune reuses
+    the process for the next trial). Reports and checkpoints go to Tune, which restores them on a
+    resumed sweep; the newest checkpoint is also kept here for the caller in this process."""
+
+    rank, world = 0, 1
+
+    def __init__(self, use_gpu: bool):
+        self.use_gpu = use_gpu
+        self.kept: Path | None = None
+        self.metrics: dict = {}
+
+    def device(self) -> torch.device:
+        return torch.device("cuda") if self.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device())
+
+    def get_checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def get_dataset_shard(self, name: str):
+        raise RuntimeError("a trial that trains in its own process has no Ray Data shard (teacher_placement: actor_pool "
+                           "needs a worker group)")
+
+    def report(self, metrics: dict, directory: str | None) -> None:
+        from ray import tune
+
+        if directory:
+            kept = Path(tempfile.mkdtemp(prefix="raykd-trial-"))
+            shutil.copytree(directory, kept, dirs_exist_ok=True)
+            if self.kept is not None:
+                shutil.rmtree(self.kept, ignore_errors=True)
+            self.kept = kept
+        self.metrics = dict(metrics)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# One worker's run: the models of a run (jobs), trained in turn
 # ------------------------------------------------------------------------------------------------
 
 @dataclass
-class Worker:
-    """Everything one Ray Train worker holds during a run."""
+class Job:
+    """One model a run trains: its results item, what it trains, its console label, and the reference
+    for the distillation metric of its epochs (None: no DS)."""
 
+    item: str
+    task: TaskSpec
+    label: str
+    ds_ref: dict | None = None
+    teacher_cache_ref: Any = None  # set by fit_many when engine.teacher_cache holds the teacher's outputs
+
+
+def job_dir(item: str) -> str:
+    """Where a finished job's model lies inside a checkpoint (``done/<item>/model.safetensors``)."""
+    return "done/" + re.sub(r"[^A-Za-z0-9_.=-]+", "_", item)
+
+
+@dataclass
+class Worker:
+    """Everything one worker holds while it trains one job."""
+
+    job: Job
     task: ClassifyTask
     engine: EngineConfig
-    label: str
+    session: Any
     rank: int
     world: int
     device: torch.device
@@ -163,57 +252,113 @@ class Worker:
     student: torch.nn.Module
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    ds_ref: dict | None = None
-    throughput: list[float] = field(default_factory=list)  # samples/s of every epoch of this run
+    throughput: list[float] = field(default_factory=list)  # samples/s of every epoch of this job
+
+    @property
+    def label(self) -> str:
+        return self.job.label
+
+    @property
+    def ds_ref(self) -> dict | None:
+        return self.job.ds_ref
 
 
-def _setup(config: dict) -> Worker:
-    spec: TaskSpec = config["task"]
-    engine: EngineConfig = config["engine"]
-    ctx = ray.train.get_context()
+def _setup(job: Job, config: dict, session) -> Worker:
+    spec, engine = job.task, config["engine"]
     torch.set_num_threads(max(1, int(engine.cpus_per_worker)))
     torch.manual_seed(spec.train.seed)
     np.random.seed(spec.train.seed % (2**32))
     task = build_task(spec)
     student = task.build_student()
-    if config.get("teacher_from_stream"):
+    if config.get("teacher_from_stream") and spec.uses_teacher:
         source, teacher = Streamed(), None
-    elif config.get("teacher_cache_ref") is not None:
-        source, teacher = Cached(ray.get(config["teacher_cache_ref"])), None
+    elif job.teacher_cache_ref is not None:
+        source, teacher = Cached(ray.get(job.teacher_cache_ref)), None
     else:
         teacher = task.build_teacher()
         source = Colocated(teacher, set())
     loss_fn = task.build_loss(student, teacher)
-    device = ray.train.torch.get_device()
+    device = session.device()
     if isinstance(source, Colocated):
         source.needs = loss_fn.teacher_needs if teacher is not None else set()
         if teacher is not None:
             teacher.to(device)
     loss_fn.to(device)
     optimizer = make_optimizer(list(student.parameters()) + list(loss_fn.parameters()), spec.train)
-    return Worker(task, engine, config["label"], ctx.get_world_rank(), ctx.get_world_size(), device,
-                  task.load_split("train"), task.load_split("test"), source, student, loss_fn, optimizer,
-                  config.get("ds_ref"))
+    return Worker(job, task, engine, session, session.rank, session.world, device, task.load_split("train"),
+                  task.load_split("test"), source, student, loss_fn, optimizer)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker: resume, then train and evaluate epoch by epoch."""
+    """Runs on every Ray Train worker."""
     # the run's plugins (given here too: Ray may have been started before them, e.g. in a notebook)
     setup_worker(config.get("plugins"))
-    w = _setup(config)
-    state = restore_newest(ray.train.get_checkpoint(), lambda d: load_state(d, w.student, w.optimizer, {"loss": w.loss_fn}),
-                           lambda msg: _log(w.rank, f"{w.label}: {msg}"))
-    start_epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
-    if state:
-        _log(w.rank, f"{w.label}: resumed from checkpoint after epoch {start_epoch}")
-    model = ray.train.torch.prepare_model(w.student)
-    epochs = w.task.spec.train.epochs
-    if state and start_epoch >= epochs and state.get("metrics"):
-        # every epoch had finished before the interruption (e.g. a driver killed after the last
-        # checkpoint): report the final metrics again, so that Tune and the caller get this run's result
-        _report(w, model, state["metrics"], state | {"_final": True})
+    _quiet_reports(config.get("log_level", "INFO"))
+    run_jobs(config, TrainSession())
+
+
+def _quiet_reports(level: str) -> None:
+    """Ray Train logs every report (its whole metrics dict and checkpoint path) under a logger named by its
+    module's file path, outside ``ray.train``, so its ``LoggingConfig`` does not reach it: set its level here."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: its own logging settings apply
         return
+    logging.getLogger(context.__file__).setLevel(level)
+
+
+def _keep_copy(directory: Path) -> Path:
+    """A local copy of an intact checkpoint (checked by its ``state.json``), to restore from."""
+    read_state(directory)
+    kept = Path(tempfile.mkdtemp(prefix="raykd-restore-"))
+    shutil.copytree(directory, kept, dirs_exist_ok=True)
+    return kept
+
+
+def run_jobs(config: dict, session) -> None:
+    """Train the run's jobs in turn in this worker group, resuming from the newest checkpoint.
+
+    Every checkpoint holds the current job's state (model, optimizer, counters) plus each finished job's
+    model under ``done/<item>/`` and its final metrics in ``state.json``, so the newest checkpoint alone
+    resumes the whole run: finished jobs are skipped, the current one continues from its last epoch."""
+    jobs: list[Job] = config["jobs"]
+    log = (lambda msg: _log(session.rank, msg))
+    kept = restore_newest(session.get_checkpoint(), _keep_copy, log)
+    state = read_state(kept) if kept else {}
+    carry = Path(tempfile.mkdtemp(prefix="raykd-done-"))  # rank 0: finished jobs' models, copied into each checkpoint
+    if kept is not None and (kept / "done").exists():
+        shutil.copytree(kept / "done", carry / "done")
+    done: dict[str, dict] = dict(state.get("done") or {})
+    current = state.get("item", jobs[0].item if len(jobs) == 1 and state else None)  # older checkpoints: one job
+    last = None
+    for job in jobs:
+        if job.item in done:
+            log(f"{job.label}: finished in an earlier attempt")
+            continue
+        resume = kept if kept is not None and current == job.item else None
+        last = _run_job(job, config, session, resume, carry, done)
+    if last is None and kept is not None:
+        # every job had finished before this attempt (e.g. a driver killed after the last checkpoint):
+        # report the final state again, so that Tune and the caller get this run's result
+        metrics = dict(done.get(jobs[-1].item) or state.get("metrics") or {})
+        session.report(metrics, str(kept) if session.rank == 0 else None)
+    shutil.rmtree(carry, ignore_errors=True)
+
+
+def _run_job(job: Job, config: dict, session, resume: Path | None, carry: Path, done: dict) -> dict:
+    w = _setup(job, config, session)
+    start_epoch, step, wall_before = 0, 0, 0.0
+    if resume is not None:
+        st = load_state(resume, w.student, w.optimizer, {"loss": w.loss_fn})
+        start_epoch, step, wall_before = st["epoch"], st["step"], float(st.get("wall_s", 0.0))
+        _log(w.rank, f"{w.label}: resumed from checkpoint after epoch {start_epoch}")
+    model = session.prepare_model(w.student)
+    epochs = w.task.spec.train.epochs
+    t_job = time.perf_counter()
     steps_per_epoch = math.ceil(len(w.train_arrays["label"]) // w.world / w.task.spec.train.batch_size)
+    metrics = dict(resume and read_state(resume).get("metrics") or {})
     for epoch in range(start_epoch, epochs):
         w.task.on_epoch_start(epoch + 1, w.rank)
         t0 = time.perf_counter()
@@ -221,11 +366,22 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = _evaluate(w, model, epoch, step, time.perf_counter() - t0, seen, loss_sum, nb, logs, start_epoch)
         _log(w.rank, f"{w.label}: epoch {epoch + 1}/{epochs} loss {metrics['train_loss']:.4f} "
                      f"test acc {metrics['accuracy']:.4f} ({metrics['samples_per_s']:.0f} samples/s)")
-        last = epoch + 1 == epochs
-        if (epoch + 1) % w.engine.checkpoint_every == 0 or last:
-            _report(w, model, metrics, {"epoch": epoch + 1, "step": step, "metrics": metrics})
+        wall = wall_before + time.perf_counter() - t_job
+        if epoch + 1 == epochs:
+            break
+        if (epoch + 1) % w.engine.checkpoint_every == 0:
+            _report(w, model, metrics, {"item": job.item, "epoch": epoch + 1, "step": step, "metrics": metrics,
+                                        "wall_s": wall, "done": done}, carry)
         else:
-            ray.train.report(metrics)
+            session.report(metrics, None)
+    # the job is finished: its model joins done/, and its last report's checkpoint holds it
+    metrics = {**metrics, "item": job.item, "job_wall_s": wall_before + time.perf_counter() - t_job}
+    done[job.item] = metrics
+    if w.rank == 0:
+        save_weights(unwrap(model), carry / job_dir(job.item) / "model.safetensors")
+    _report(w, model, metrics, {"item": job.item, "epoch": epochs, "step": step, "metrics": metrics,
+                                "wall_s": metrics["job_wall_s"], "done": done}, carry)
+    return metrics
 
 
 def _train_epoch(w: Worker, model, epoch: int, step: int, total_steps: int):
@@ -261,7 +417,7 @@ def _evaluate(w: Worker, model, epoch: int, step: int, train_time: float, seen: 
         [ev["correct"], ev["count"], ev["nll_sum"], seen, loss_sum, nb, w.teacher.forward_examples], w.device)
     w.throughput.append(seen_all / max(1e-9, train_time))
     metrics: dict[str, Any] = {
-        "epoch": epoch + 1, "step": step, "train_loss": loss_all / max(1, nb_all),
+        "item": w.job.item, "epoch": epoch + 1, "step": step, "train_loss": loss_all / max(1, nb_all),
         "accuracy": correct / max(1.0, count), "test_nll": nll / max(1.0, count),
         "samples_per_s": w.throughput[-1], "epoch_time_s": train_time,
         "teacher_forward_examples": t_examples, "resumed_after_epoch": start_epoch,
@@ -275,13 +431,15 @@ def _evaluate(w: Worker, model, epoch: int, step: int, train_time: float, seen: 
     return metrics
 
 
-def _report(w: Worker, model, metrics: dict, state: dict) -> None:
-    """Report the epoch's metrics with a checkpoint (written by rank 0)."""
-    state = {k: v for k, v in state.items() if k != "_final"}
+def _report(w: Worker, model, metrics: dict, state: dict, carry: Path) -> None:
+    """Report the epoch's metrics with a checkpoint (written by rank 0): the current job's state and
+    the finished jobs' models."""
     with tempfile.TemporaryDirectory() as d:
         if w.rank == 0:
+            if (carry / "done").exists():
+                shutil.copytree(carry / "done", Path(d) / "done")
             save_state(d, model, w.optimizer, state, {"loss": w.loss_fn})
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if w.rank == 0 else None)
+        w.session.report(metrics, d if w.rank == 0 else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,32 +457,69 @@ def worker_env() -> dict:
     return {"env_vars": env} if env else {}
 
 
+@dataclass
+class Finished:
+    """A finished job of a run: its final metrics and its model's weights file."""
+
+    metrics: dict
+    weights: Path
+
+
+@contextlib.contextmanager
+def finished_jobs(result) -> Iterator[dict[str, Finished]]:
+    """The finished jobs of a run's result, by item (their weights readable inside the block)."""
+    with result.checkpoint.as_directory() as d:
+        state = read_state(d)
+        yield {item: Finished(m, Path(d) / job_dir(item) / "model.safetensors") for item, m in (state.get("done") or {}).items()}
+
+
+def in_trial_process(engine: EngineConfig) -> bool:
+    """Whether a Tune trial with this engine trains in its own process (one worker, the teacher in it)."""
+    return engine.resolved(concurrent=True).num_workers == 1 and engine.teacher_placement == "colocated"
+
+
 def fit(task: TaskSpec | dict, engine: EngineConfig | dict, name: str, storage_path: str | Path, label: str | None = None,
         extra_config: dict | None = None, callbacks: list | None = None) -> ray.train.Result:
-    """Train one model with a ``TorchTrainer``; returns Ray's ``Result`` (metrics + checkpoint).
-
-    The run is named ``name`` under ``storage_path``: started again with the same name, it resumes."""
+    """Train one model with a ``TorchTrainer``; returns Ray's ``Result`` (metrics + checkpoint, whose
+    ``model.safetensors`` is the trained model). The run is named ``name`` under ``storage_path``: started
+    again with the same name, it resumes."""
     task = task if isinstance(task, TaskSpec) else TaskSpec.model_validate(task)
+    job = Job("model", task, label or task.student.display, (extra_config or {}).get("ds_ref"))
+    return fit_many([job], engine, name, storage_path, callbacks)
+
+
+def fit_many(jobs: list[Job], engine: EngineConfig | dict, name: str, storage_path: str | Path,
+             callbacks: list | None = None, in_trial: bool = False):
+    """Train several models in turn in one worker group (started once): one ``TorchTrainer`` run named
+    ``name``, resumable like :func:`fit`. Read the models with :func:`finished_jobs`.
+
+    ``in_trial``: the caller is a Tune trial that holds the CPUs of one worker (:func:`in_trial_process`):
+    the jobs train in the trial's own process, reporting to Tune."""
     engine = engine if isinstance(engine, EngineConfig) else EngineConfig.model_validate(engine)
+    engine = engine.resolved(concurrent=in_trial)
     use_gpu = cluster_has_gpus() if engine.use_gpu is None else engine.use_gpu
-    config: dict[str, Any] = {"task": task, "engine": engine, "label": label or task.student.display,
-                              "plugins": loaded(), **(extra_config or {})}
-    datasets = None
-    if task.uses_teacher and "features" in task.teacher_needs and (engine.teacher_placement == "actor_pool" or engine.teacher_cache):
+    if any(j.task.uses_teacher and "features" in j.task.teacher_needs for j in jobs) and \
+            (engine.teacher_placement == "actor_pool" or engine.teacher_cache):
         print("[raykd] losses read teacher modules by path (forward hooks): the teacher runs in the training "
               "workers (teacher_placement: colocated, no teacher cache)", flush=True)
         engine = engine.model_copy(update={"teacher_placement": "colocated", "teacher_cache": False})
-    if task.uses_teacher and engine.teacher_placement == "actor_pool":
+    config: dict[str, Any] = {"jobs": jobs, "engine": engine, "plugins": loaded(), "log_level": ray_log_level()}
+    datasets = None
+    teachers = [j for j in jobs if j.task.uses_teacher]
+    if teachers and engine.teacher_placement == "actor_pool":
         from raykd.engine.teacher_pool import teacher_output_dataset
 
-        datasets = {"train": teacher_output_dataset(task, engine, use_gpu)}
+        if len(teachers) > 1:
+            raise ValueError("teacher_placement: actor_pool streams one teacher's outputs: train one distilled model per run")
+        datasets = {"train": teacher_output_dataset(teachers[0].task, engine, use_gpu)}
         config["teacher_from_stream"] = True
-    elif task.uses_teacher and engine.teacher_cache and "teacher_cache_ref" not in config:
+    elif teachers and engine.teacher_cache:
         from raykd.engine.teacher_cache import get_or_build
 
-        ref = get_or_build(task, engine, use_gpu)
-        if ref is not None:
-            config["teacher_cache_ref"] = ref
+        for j in teachers:
+            j.teacher_cache_ref = get_or_build(j.task, engine, use_gpu, local=in_trial)
+    if in_trial and datasets is None and engine.num_workers == 1:
+        return _fit_in_trial(config, use_gpu)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -334,7 +529,23 @@ def fit(task: TaskSpec | dict, engine: EngineConfig | dict, name: str, storage_p
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=engine.max_failures),
-                             callbacks=callbacks, worker_runtime_env=worker_env()),
+                             callbacks=callbacks, worker_runtime_env=worker_env(),
+                             logging_config=ray.train.LoggingConfig(log_level=ray_log_level())),
         datasets=datasets,
     )
     return trainer.fit()
+
+
+@dataclass
+class TrialResult:
+    """What :func:`fit_many` returns for jobs trained in a Tune trial's own process (the shape of the
+    ``Result`` of a Ray Train run that callers read)."""
+
+    metrics: dict
+    checkpoint: Checkpoint
+
+
+def _fit_in_trial(config: dict, use_gpu: bool) -> TrialResult:
+    session = TrialSession(bool(use_gpu))
+    run_jobs(config, session)
+    return TrialResult(session.metrics, Checkpoint.from_directory(str(session.kept)))

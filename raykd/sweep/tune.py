@@ -16,7 +16,9 @@ Each trial is the method's own ``run(cfg, ctx)`` (:class:`raykd.method.Method`) 
 its rows go into the sweep's results table under run id ``<sweep run id>/<trial id>``. A method whose
 run trains with Ray Train reports every epoch to Tune (``TuneReportCallback`` through
 ``ctx.train_callbacks``), so ASHA can stop poor trials early; otherwise the trial's best row is
-reported once at its end. The method's ``prepare`` (kd: train or load the teacher once) runs before
+reported once at its end. A trial of one worker of a method that allows it (kd) trains in the
+trial's own process: no worker group per trial, and Tune reuses the process (its imports and prepared
+data) for the next trial; the trial asks for that worker's CPUs. The method's ``prepare`` (kd: train or load the teacher once) runs before
 the search. For methods with ``students``, a trial trains one student (``student...`` keys edit
 ``students[0]``).
 
@@ -111,8 +113,9 @@ def _trial(sampled: dict, shared: dict) -> None:
 
     cfg = parse_config(trial_config(shared["base"], sampled), f"sweep trial {sampled}")
     trial_id = tune.get_context().get_trial_id()
+    own = shared.get("in_process", False)  # the trial trains in this process: it reports to Tune itself
     ctx = RunContext(cfg, Path(shared["out"]), f"{shared['sweep_id']}/{trial_id}", Path(shared["storage"]),
-                     callbacks=[TuneReportCallback()], trial=trial_id)
+                     callbacks=[] if own else [TuneReportCallback()], trial=trial_id, trial_in_process=own)
     rows = get_method(cfg.method).run(cfg, ctx)
     if not ctx.reported:  # the run reported no epochs to Tune (not a Train run, or resumed after it)
         tune.report(headline(rows, shared["metric"]))
@@ -161,12 +164,38 @@ def _scheduler(sweep: dict, metric: str, mode: str, max_t: int):
     return None
 
 
+def trial_resources(cfg) -> dict:
+    """What one trial asks Tune for: the CPUs (and GPU) of its one worker when it trains in its own
+    process; else a sliver, its Ray Train workers asking for their own."""
+    engine = getattr(cfg, "engine", None)
+    if engine is None or not trains_in_trial(cfg):
+        return {"CPU": TRIAL_DRIVER_CPU}
+    from raykd.engine.trainer import cluster_has_gpus
+
+    e = engine.resolved(concurrent=True)
+    use_gpu = cluster_has_gpus() if e.use_gpu is None else e.use_gpu
+    return {"CPU": e.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+
+
+def trains_in_trial(cfg) -> bool:
+    """Whether each trial trains in its own process (a method that supports it, one worker, the teacher
+    in it): Tune then reuses the trial processes, and no worker group is started per trial."""
+    from raykd.engine.trainer import in_trial_process
+
+    engine = getattr(cfg, "engine", None)
+    return engine is not None and get_method(cfg.method).trial_in_process and in_trial_process(engine)
+
+
 def max_concurrent(cfg) -> int:
-    """Trials that fit the cluster at once: CPUs / what one trial's workers take."""
+    """Trials that fit the cluster at once: CPUs / what one trial takes (its own process, or its workers)."""
     engine = getattr(cfg, "engine", None)
     if engine is None:
         return 1
-    per_trial = engine.num_workers * engine.cpus_per_worker + TRIAL_DRIVER_CPU
+    if trains_in_trial(cfg):
+        per_trial = trial_resources(cfg)["CPU"]
+    else:
+        e = engine.resolved(concurrent=True)
+        per_trial = e.num_workers * e.cpus_per_worker + TRIAL_DRIVER_CPU
     return max(1, int(math.floor(ray.cluster_resources().get("CPU", 1) / per_trial)))
 
 
@@ -186,7 +215,7 @@ def sweep(cfg, fresh: bool = False) -> pd.DataFrame:
     if method.prepare is not None:
         method.prepare(cfg, ctx)
     shared = {"base": base, "out": str(ctx.out_dir), "storage": str(ctx.storage), "sweep_id": ctx.run_id,
-              "metric": cfg.sweep.metric}
+              "metric": cfg.sweep.metric, "in_process": trains_in_trial(cfg)}
     grid = _tuner(cfg, ctx, space, shared, fresh).fit()
     errors = [r.error for r in grid if r.error]
     record_stopped(cfg, ctx, grid)
@@ -229,7 +258,7 @@ def _tuner(cfg, ctx: RunContext, space: dict, shared: dict, fresh: bool) -> tune
     sw = cfg.sweep
     metric, mode = sw.metric, ("min" if sw.metric == "ds" else "max")
     # the trial itself only drives Ray Train / Ray tasks (which request their own resources)
-    trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), {"CPU": TRIAL_DRIVER_CPU})
+    trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), trial_resources(cfg))
     name = ctx.ray_name("sweep")
     path = ctx.storage / name
     param_space = dict(space)
@@ -242,7 +271,8 @@ def _tuner(cfg, ctx: RunContext, space: dict, shared: dict, fresh: bool) -> tune
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=sw.num_samples,
                                     search_alg=_searcher(sw.model_dump(), metric, mode),
                                     scheduler=_scheduler(sw.model_dump(), metric, mode, max_t),
-                                    max_concurrent_trials=sw.max_concurrent_trials or max_concurrent(cfg)),
+                                    max_concurrent_trials=sw.max_concurrent_trials or max_concurrent(cfg),
+                                    reuse_actors=True),  # a trial's process (imports, prepared data) serves the next
         run_config=tune.RunConfig(name=name, storage_path=str(ctx.storage), callbacks=_loggers(ctx, name),
                                   failure_config=tune.FailureConfig(max_failures=sw.max_failures),
                                   progress_reporter=_reporter(list(space), metric)))
