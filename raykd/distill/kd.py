@@ -189,7 +189,33 @@ def prepare_teacher(cfg, ctx) -> dict:
         ctx.record([make_row(method="teacher", item="teacher", student=cfg.teacher.display, params=t_size["params"],
                              bytes=t_size["bytes"], macs=t_size["macs"], accuracy=teacher["accuracy"],
                              seed=cfg.teacher.train.seed, extra={"latency_ms": t_size["latency_ms"]}, **common)])
+        build_teacher_outputs(cfg, teacher)
     return {**teacher, "example": example, "size": t_size, "common": common}
+
+
+def student_task(cfg, teacher: dict, spec: ModelSpec, losses: list[LossSpec], kind: str) -> TaskSpec:
+    """What one student's training is (the engine's description)."""
+    return TaskSpec(dataset=cfg.data, student=spec, teacher=TeacherRef(name=cfg.teacher.name, args=cfg.teacher.args,
+                                                                      weights=teacher["weights"]),
+                    losses=losses, train=cfg.train.model_copy(update={"seed": cfg.train.seed + cfg.seed}),
+                    student_init=cfg.kd.student_init if kind == "kd" else "random")
+
+
+def build_teacher_outputs(cfg, teacher: dict) -> None:
+    """With ``engine.teacher_cache``, compute the teacher's outputs now, on the driver, while the whole
+    cluster is free (before a sweep's trials hold CPUs: an actor pool started from a trial could wait
+    for CPUs the trials hold). Trials whose data and losses need other outputs build their own."""
+    if not cfg.engine.teacher_cache or cfg.engine.teacher_placement != "colocated":
+        return
+    from raykd.engine.teacher_cache import get_or_build
+    from raykd.engine.trainer import cluster_has_gpus
+
+    kd_jobs = [j for j in student_jobs(cfg) if j[3] == "kd"]
+    if kd_jobs:
+        _, spec, losses, kind = kd_jobs[0]
+        task = student_task(cfg, teacher, spec, losses, kind)
+        if task.uses_teacher and "features" not in task.teacher_needs:
+            get_or_build(task, cfg.engine.resolved(), cluster_has_gpus() if cfg.engine.use_gpu is None else cfg.engine.use_gpu)
 
 
 def student_jobs(cfg) -> list[tuple[str, ModelSpec, list[LossSpec], str]]:
@@ -220,10 +246,7 @@ def run(cfg, ctx) -> list[dict]:
         if ctx.done(item) is not None:
             print(f"[raykd] {kind} student {spec.display}: done in an earlier attempt", flush=True)
             continue
-        task = TaskSpec(dataset=cfg.data, student=spec, teacher=TeacherRef(name=cfg.teacher.name, args=cfg.teacher.args,
-                                                                             weights=teacher["weights"]),
-                        losses=losses, train=cfg.train.model_copy(update={"seed": cfg.train.seed + cfg.seed}),
-                        student_init=cfg.kd.student_init if kind == "kd" else "random")
+        task = student_task(cfg, teacher, spec, losses, kind)
         s_task = build_task(task)
         examples[item] = s_task.example_input(s_task.load_split("test"))  # the student's own token ids
         s_size = size_report(s_task.build_student(), examples[item], latency=False)
@@ -238,7 +261,7 @@ def run(cfg, ctx) -> list[dict]:
               f"{engine.cpus_per_worker:g} CPU(s): " + ", ".join(j.label for j in group), flush=True)
         name = ctx.ray_name("students" if len(group) == len(todo) else group[0].item)
         result = fit_many(group, cfg.engine, name, ctx.storage, callbacks=ctx.train_callbacks([j.item for j in group]),
-                          in_trial=ctx.trial_in_process)
+                          in_trial=ctx.trial_in_process, build_here=ctx.trial is not None)
         with finished_jobs(result) as finished:
             for job in group:
                 kind, spec = next((k, s) for j, k, s in todo if j is job)

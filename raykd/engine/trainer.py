@@ -489,12 +489,14 @@ def fit(task: TaskSpec | dict, engine: EngineConfig | dict, name: str, storage_p
 
 
 def fit_many(jobs: list[Job], engine: EngineConfig | dict, name: str, storage_path: str | Path,
-             callbacks: list | None = None, in_trial: bool = False):
+             callbacks: list | None = None, in_trial: bool = False, build_here: bool = False):
     """Train several models in turn in one worker group (started once): one ``TorchTrainer`` run named
     ``name``, resumable like :func:`fit`. Read the models with :func:`finished_jobs`.
 
     ``in_trial``: the caller is a Tune trial that holds the CPUs of one worker (:func:`in_trial_process`):
-    the jobs train in the trial's own process, reporting to Tune."""
+    the jobs train in the trial's own process, reporting to Tune. ``build_here``: a teacher-output cache
+    that is missing is built in this process (a Tune trial: an actor pool it started could wait for CPUs
+    that trials hold)."""
     engine = engine if isinstance(engine, EngineConfig) else EngineConfig.model_validate(engine)
     engine = engine.resolved(concurrent=in_trial)
     use_gpu = cluster_has_gpus() if engine.use_gpu is None else engine.use_gpu
@@ -517,7 +519,7 @@ def fit_many(jobs: list[Job], engine: EngineConfig | dict, name: str, storage_pa
         from raykd.engine.teacher_cache import get_or_build
 
         for j in teachers:
-            j.teacher_cache_ref = get_or_build(j.task, engine, use_gpu, local=in_trial)
+            j.teacher_cache_ref = get_or_build(j.task, engine, use_gpu, local=in_trial or build_here)
     if in_trial and datasets is None and engine.num_workers == 1:
         return _fit_in_trial(config, use_gpu)
     trainer = TorchTrainer(
