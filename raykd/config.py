@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_serializer,
+                      model_validator)
 
 from raykd.errors import UserError
 from raykd.registry import DATASETS, FILE_ARGS, LOSSES, METHODS, MODELS, NEEDS, args_model, check_args, check_loss_params, loss_params, meta_model
@@ -59,6 +60,9 @@ class DataConfig(Strict):
     num_classes: int | None = Field(None, ge=2)
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
+    validation: int | None = Field(None, ge=1, description="rows carved from the training split (stratified, seeded by "
+                                   "split_seed, never trained on) on which each model's best epoch is chosen; the test "
+                                   "split is then read once, at the end")
     max_length: int = Field(64, ge=4, le=512, description="tokens per sentence for text datasets")
 
     @model_validator(mode="after")
@@ -75,6 +79,14 @@ class DataConfig(Strict):
         elif self.path or self.test_path:
             raise ValueError(f"data.path is for your own data: set data.name to 'user' (not {self.name!r}) to read it")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # an unset validation is left out, so the hashes of configs written before it (run ids, caches) stay as they were
+        out = handler(self)
+        if self.validation is None and isinstance(out, dict):
+            out.pop("validation", None)
+        return out
 
 
 class ModelSpec(Strict):

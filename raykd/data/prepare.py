@@ -6,6 +6,8 @@
   ``test_path`` when given, else on the file's own test split (IDX ``t10k`` files, a saved
   ``DatasetDict``'s ``test``), else on a seeded, stratified hold-out of ``test_fraction`` of its rows
   that never overlaps the training rows. ``eval_split`` says which, and every results row carries it.
+  ``data.validation`` carves a seeded, stratified validation split from the training rows (never
+  trained on), on which the engine picks each model's epoch; the test split is then read once, at the end.
 * **Labels.** One :class:`~raykd.data.user.LabelMap` per run, fitted on the training rows and applied
   to every split; the class names travel with saved students.
 * **Normalisation.** Images are scaled to [0, 1] and normalised per channel with the mean and std of
@@ -36,6 +38,7 @@ class Prepared:
     labels: LabelMap                  # class names in class-id order
     eval_split: str                   # which rows the reported accuracy is measured on
     norm: dict | None = None          # images: {"mean": [per channel], "std": [per channel]} of the training rows
+    val: dict[str, np.ndarray] | None = None  # data.validation rows carved from the training split (None: not asked)
 
     @property
     def num_classes(self) -> int:
@@ -47,8 +50,11 @@ class Prepared:
 
     def describe(self) -> dict:
         """What a saved run records about its data."""
-        return {"eval_split": self.eval_split, "labels": list(self.labels.names), "normalisation": self.norm,
-                "n_train": int(len(self.train["label"])), "n_test": int(len(self.test["label"]))}
+        out = {"eval_split": self.eval_split, "labels": list(self.labels.names), "normalisation": self.norm,
+               "n_train": int(len(self.train["label"])), "n_test": int(len(self.test["label"]))}
+        if self.val is not None:
+            out["n_val"] = int(len(self.val["label"]))
+        return out
 
 
 def prepare(dataset) -> Prepared:
@@ -70,15 +76,39 @@ def _prepare(key: str) -> Prepared:
         where = f"{d['name']} test split"
     seed = int(d.get("split_seed") or 0)
     n_test = len(test["label"])
-    train = _subset(train, d.get("train_subset"), seed)
+    train_idx, val_idx = training_rows(train["label"], d)
+    val = take(train, val_idx) if val_idx is not None else None
+    train = take(train, train_idx) if train_idx is not None else train
     test = _subset(test, d.get("test_subset"), seed)
     if len(test["label"]) < n_test:
         where += f" ({len(test['label']):,} of its {n_test:,} rows, stratified)"
-    return Prepared(train, test, labels, where, image_stats(train["x"]) if "x" in train else None)
+    return Prepared(train, test, labels, where, image_stats(train["x"]) if "x" in train else None, val)
 
 
 def _subset(arrays: dict, n: int | None, seed: int) -> dict:
     return take(arrays, stratified_indices(arrays["label"], n, seed)) if n is not None and n < len(arrays["label"]) else arrays
+
+
+def training_rows(labels: np.ndarray, d: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Which rows of the training split are trained on and which are validation rows (``data.validation``:
+    a stratified draw seeded by ``split_seed``, carved first; ``train_subset`` then draws from the rest).
+    ``None`` for the trained rows: all of them; ``None`` for validation: not asked. The two never overlap."""
+    seed, n_val, n_sub = int(d.get("split_seed") or 0), d.get("validation"), d.get("train_subset")
+    if n_val is None:
+        return (stratified_indices(labels, n_sub, seed) if n_sub is not None and n_sub < len(labels) else None), None
+    classes, counts = np.unique(labels, return_counts=True)
+    if n_val >= len(labels):
+        raise UserError(f"data.validation {n_val}: the training split has {len(labels):,} rows; carve fewer, "
+                        "so that rows are left to train on")
+    val_idx = stratified_indices(labels, n_val, seed)
+    left = np.setdiff1d(np.arange(len(labels)), val_idx)
+    empty = [str(c) for c in classes if not np.any(labels[left] == c)]
+    if empty:
+        raise UserError(f"data.validation {n_val}: leaves no training row of class {', '.join(empty[:5])}; "
+                        "carve fewer rows for validation")
+    if n_sub is not None and n_sub < len(left):
+        left = left[stratified_indices(labels[left], n_sub, seed)]
+    return left, val_idx
 
 
 def _user_splits(d: dict) -> tuple[dict, dict, LabelMap, str]:
@@ -175,6 +205,8 @@ def fingerprint(data) -> dict:
         data = data.model_dump()
     fp = {k: data.get(k) for k in ("name", "train_subset", "test_subset", "max_length", "format",
                                    "text_column", "label_column", "image_shape", "num_classes", "split_seed")}
+    if data.get("validation") is not None:  # only then: the keys of runs without one stay as they were
+        fp["validation"] = data["validation"]
     if data.get("name") == "user" and not data.get("test_path"):
         fp["test_fraction"] = data.get("test_fraction")  # the hold-out decides which rows are trained on
     for key in ("path", "test_path"):

@@ -33,6 +33,11 @@ Every trained model is one *item* of the run (``ce-seed0``, ``beta_smoothing-see
 previous one's saved weights; chains and single models run side by side (``concurrent_runs``). A rerun
 of the same command skips the items that have a row and finds each next generation's teacher on disk.
 
+With ``data.validation`` (the shipped configs set it, as the paper's authors held out 5,000 training
+images) every model -- each baseline, each generation -- is the epoch with the best accuracy on the
+validation rows carved from the training split; generation g's teacher is generation g-1's selected
+model, and the test split is read once per model, at the end.
+
 Each model is judged on the evaluation split by accuracy, NLL and ECE (with a reliability diagram),
 and its predictive diversity on the training split -- what its student would be trained on -- is
 recorded as the next generation's *teacher diversity*.
@@ -62,7 +67,7 @@ from torch import nn
 from raykd import data as D
 from raykd.cache import entry
 from raykd.config import DataConfig, EngineConfig, ModelSpec, TrainConfig
-from raykd.data.prepare import prepare
+from raykd.data.prepare import prepare, training_rows
 from raykd.distill.kd import load_trained, save_student, write_data_description
 from raykd.engine.checkpoint import load_weights
 from raykd.engine.task import ClassifyTask, TaskSpec, TeacherRef, build_task, load_arrays
@@ -216,14 +221,20 @@ class SelfDistillTask(ClassifyTask):
     def _load_split(self, split: str) -> dict[str, np.ndarray]:
         d = self.spec.dataset
         if self.spec.extra.get("text_features") == "minilm_mean":
-            # embed the whole split once (cached), then take the same stratified subset prepare() takes
-            full = load_arrays(d.model_copy(update={"train_subset": None, "test_subset": None}), split)
+            # embed the whole split once (cached), then take the same rows prepare() takes
+            whole = "test" if split == "test" else "train"  # validation rows are carved from the training split
+            full = load_arrays(d.model_copy(update={"train_subset": None, "test_subset": None, "validation": None}), whole)
             if "text" in full:
                 arrays = {"x": sentence_embeddings(full["text"], d.max_length), "label": full["label"]}
-                subset = d.train_subset if split == "train" else d.test_subset
-                if subset is not None and subset < len(full["label"]):
-                    arrays = D.take(arrays, D.stratified_indices(full["label"], subset, d.split_seed))
-                return arrays
+                if split == "test":
+                    if d.test_subset is not None and d.test_subset < len(full["label"]):
+                        arrays = D.take(arrays, D.stratified_indices(full["label"], d.test_subset, d.split_seed))
+                    return arrays
+                train_idx, val_idx = training_rows(full["label"], d.model_dump())
+                if split == "val" and val_idx is None:
+                    raise ValueError("this run's data has no validation split (data.validation is not set)")
+                idx = val_idx if split == "val" else train_idx
+                return arrays if idx is None else D.take(arrays, idx)
         return super()._load_split(split)
 
     def batch(self, arrays: dict, idx: np.ndarray) -> dict[str, torch.Tensor]:
@@ -320,7 +331,9 @@ def make_task(cfg, variant: str, seed: int, teacher_weights: str | None = None) 
 
 
 def judge(task: TaskSpec, weights: str | Path, n_bins: int = 15) -> dict[str, Any]:
-    """Test accuracy, NLL, ECE, reliability bins and diversity; diversity on the training split too."""
+    """Test accuracy, NLL, ECE, reliability bins and diversity; diversity on the training split too.
+    Called once per model, on the model its run selected (with ``data.validation``: its best validation
+    epoch), after training: nothing is chosen by these figures."""
     t = build_task(task)
     model = load_weights(t.build_student(), weights)
     test = t.load_split("test")
@@ -345,11 +358,22 @@ def teacher_of(row: dict, weights: Path) -> dict:
 DIVERSITY = ("mean_entropy", "nontarget_std", "true_prob_mean", "true_prob_std")
 
 
-def result_row(cfg, ctx, item: Item, task: TaskSpec, m: dict, teacher: dict | None, wall: float) -> dict:
+def selection_of(cfg, trained: dict) -> dict:
+    """How the judged model was chosen (``trained``: the engine's final metrics): the best validation epoch
+    (the test split read once, at the end) with ``data.validation``, else the last epoch."""
+    if not cfg.data.validation:
+        return {"eval_protocol": "last epoch", "selected_epoch": cfg.train.epochs}
+    return {"eval_protocol": f"best of {cfg.train.epochs} epochs on {cfg.data.validation} validation rows carved from "
+                             "training; test read once, at the end",
+            **{k: trained[k] for k in ("selected_epoch", "val_accuracy", "val_nll", "val_accuracy_by_epoch")}}
+
+
+def result_row(cfg, ctx, item: Item, task: TaskSpec, m: dict, teacher: dict | None, wall: float,
+               trained: dict | None = None) -> dict:
     t = teacher or {}
     extra = {"variant": item.variant, "generation": item.generation, "seed_entry": item.seed, "nll": m["nll"],
              "ece": m["ece"], "ece_bins": cfg.self_distill.ece_bins, "reliability": m["reliability"],
-             "losses": task.loss_dicts(), "epochs": cfg.train.epochs,
+             "losses": task.loss_dicts(), "epochs": cfg.train.epochs, **selection_of(cfg, trained or {}),
              **{k: m[k] for k in DIVERSITY}, **{f"train_{k}": m[f"train_{k}"] for k in DIVERSITY}}
     if t:
         extra.update({"teacher_item": t["item"], "teacher_weights": t["weights"], "teacher_mean_entropy": t["mean_entropy"],
@@ -372,10 +396,12 @@ def train_item(cfg, ctx, item: Item, teacher: dict | None) -> dict:
     wall = time.time() - t0
     saved = save_student(load_trained(task, result), ctx.students_dir / item.name, build_task(task))
     m = judge(task, saved, cfg.self_distill.ece_bins)
-    row = result_row(cfg, ctx, item, task, m, teacher, wall)
+    row = result_row(cfg, ctx, item, task, m, teacher, wall, result.metrics)
     ctx.record([row])
+    chosen = f", epoch {result.metrics['selected_epoch']} (val acc {result.metrics['val_accuracy']:.4f})" \
+        if cfg.data.validation else ""
     print(f"[raykd] self_distill: {item.name}: acc {m['accuracy']:.4f} nll {m['nll']:.4f} ece {m['ece']:.4f} "
-          f"entropy {m['mean_entropy']:.3f} ({wall:.0f}s)", flush=True)
+          f"entropy {m['mean_entropy']:.3f}{chosen} ({wall:.0f}s)", flush=True)
     return row
 
 
@@ -432,7 +458,7 @@ def run_lanes(cfg, ctx, lanes: list[list[Item]], n: int) -> list[Exception]:
 METHOD_ORDER = ["ce", "label_smoothing", "confidence_penalty", "beta_smoothing"]
 METRIC_COLUMNS = ["method", "generation", "seed", "accuracy", "nll", "ece", "mean_entropy", "nontarget_std",
                   "train_mean_entropy", "train_nontarget_std", "teacher", "teacher_accuracy",
-                  "teacher_mean_entropy", "teacher_nontarget_std", "wall_time_s"]
+                  "teacher_mean_entropy", "teacher_nontarget_std", "selected_epoch", "val_accuracy", "wall_time_s"]
 
 
 def metrics_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -446,7 +472,8 @@ def metrics_table(rows: pd.DataFrame) -> pd.DataFrame:
                       "accuracy": r["accuracy"], "wall_time_s": r["wall_time_s"], "teacher": teacher,
                       "teacher_accuracy": r["teacher_accuracy"] if teacher else math.nan,
                       **{k: ex[k] for k in ("nll", "ece", "mean_entropy", "nontarget_std", "train_mean_entropy", "train_nontarget_std")},
-                      **{k: ex.get(k, math.nan) for k in ("teacher_mean_entropy", "teacher_nontarget_std")}})
+                      **{k: ex.get(k, math.nan) for k in ("teacher_mean_entropy", "teacher_nontarget_std", "selected_epoch",
+                                                          "val_accuracy")}})
     df = pd.DataFrame(lines, columns=METRIC_COLUMNS)
     df["generation"] = df["generation"].astype("Int64")
     rank = df["method"].map(lambda v: METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER))
@@ -490,7 +517,7 @@ def run(cfg, ctx) -> list[dict]:
     write_data_description(ctx.out_dir, data)
     if s.text_features == "minilm_mean" and data.kind == "text":  # embed the sentences once, before the runs
         task = build_task(make_task(cfg, "ce", 0))
-        for split in ("train", "test"):
+        for split in ("train", "val", "test") if cfg.data.validation else ("train", "test"):
             task.load_split(split)
     lanes = plan(s)
     n = concurrency(cfg, len(lanes))

@@ -95,8 +95,12 @@ def build_task(spec: TaskSpec) -> "ClassifyTask":
 
 
 def load_arrays(dataset: DataConfig | dict, split: str) -> dict[str, np.ndarray]:
-    """One split of a run's prepared data (see :func:`raykd.data.prepare.prepare`)."""
+    """One split of a run's prepared data (``train``, ``val`` or ``test``; see :func:`raykd.data.prepare.prepare`)."""
     data = prepare(dataset)
+    if split == "val":
+        if data.val is None:
+            raise ValueError("this run's data has no validation split (data.validation is not set)")
+        return data.val
     return data.train if split == "train" else data.test
 
 

@@ -14,7 +14,10 @@ Where the frozen teacher's outputs come from (``engine.teacher_placement`` / ``e
   to every worker through the object store (see :mod:`raykd.engine.teacher_cache`).
 
 The model trains data-parallel (DDP through ``ray.train.torch.prepare_model``); every epoch ends with
-an evaluation on the evaluation split (sharded over workers, all-reduced) and a checkpoint. A
+an evaluation on the evaluation split (sharded over workers, all-reduced) and a checkpoint. With a
+validation split (``data.validation``) every epoch is evaluated on it instead (``val_accuracy``,
+``val_nll``), the epoch with the best validation accuracy is kept (in every checkpoint, under ``best/``),
+and when the job ends that model is the job's model and the test split is read once, for it. A
 checkpoint holds the current job's state and every finished job's model (``done/<item>/``), so a
 restarted run (a worker failure, or the same run started again) resumes from the newest intact
 checkpoint: finished jobs are skipped, the current one continues from its last epoch.
@@ -28,6 +31,7 @@ and changes the global batch), and one worker with one CPU per run where runs go
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import re
@@ -48,7 +52,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raykd.config import EngineConfig
-from raykd.engine.checkpoint import load_state, read_state, restore_newest, save_state, save_weights, unwrap
+from raykd.engine.checkpoint import load_state, load_weights, read_state, restore_newest, save_state, save_weights, unwrap
 from raykd.engine.task import ClassifyTask, TaskSpec, build_task, lr_at, make_optimizer  # noqa: F401 (re-exported)
 from raykd.metrics import distillation_score
 from raykd.plugins import loaded, setup_worker
@@ -252,7 +256,9 @@ class Worker:
     student: torch.nn.Module
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    val_arrays: dict | None = None  # data.validation rows: each epoch is judged on them, the test split read once at the end
     throughput: list[float] = field(default_factory=list)  # samples/s of every epoch of this job
+    selection: "Selection | None" = None
 
     @property
     def label(self) -> str:
@@ -285,8 +291,37 @@ def _setup(job: Job, config: dict, session) -> Worker:
             teacher.to(device)
     loss_fn.to(device)
     optimizer = make_optimizer(list(student.parameters()) + list(loss_fn.parameters()), spec.train)
+    val = task.load_split("val") if spec.dataset.validation else None
     return Worker(job, task, engine, session, session.rank, session.world, device, task.load_split("train"),
-                  task.load_split("test"), source, student, loss_fn, optimizer)
+                  task.load_split("test"), source, student, loss_fn, optimizer, val,
+                  selection=Selection(copy.deepcopy(student)) if val is not None else None)
+
+
+@dataclass
+class Selection:
+    """The best epoch on the validation split so far: its model (a copy on every rank), epoch and figures."""
+
+    best: torch.nn.Module
+    epoch: int = 0
+    val_accuracy: float = -1.0
+    val_nll: float = math.nan
+    by_epoch: list[float] = field(default_factory=list)  # validation accuracy of every epoch
+
+    def update(self, model, metrics: dict) -> None:
+        self.by_epoch.append(metrics["val_accuracy"])
+        if metrics["val_accuracy"] > self.val_accuracy:  # ties: the earlier epoch
+            self.best.load_state_dict(unwrap(model).state_dict())
+            self.epoch, self.val_accuracy, self.val_nll = metrics["epoch"], metrics["val_accuracy"], metrics["val_nll"]
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "val_accuracy": self.val_accuracy, "val_nll": self.val_nll, "by_epoch": self.by_epoch}
+
+    def restore(self, directory: Path, state: dict) -> None:
+        sel = state.get("selection")
+        if sel and (directory / "best" / "model.safetensors").exists():
+            load_weights(self.best, directory / "best" / "model.safetensors")
+            self.epoch, self.val_accuracy, self.val_nll = int(sel["epoch"]), float(sel["val_accuracy"]), float(sel["val_nll"])
+            self.by_epoch = [float(v) for v in sel["by_epoch"]]
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -353,6 +388,8 @@ def _run_job(job: Job, config: dict, session, resume: Path | None, carry: Path, 
     if resume is not None:
         st = load_state(resume, w.student, w.optimizer, {"loss": w.loss_fn})
         start_epoch, step, wall_before = st["epoch"], st["step"], float(st.get("wall_s", 0.0))
+        if w.selection is not None:
+            w.selection.restore(resume, st)
         _log(w.rank, f"{w.label}: resumed from checkpoint after epoch {start_epoch}")
     model = session.prepare_model(w.student)
     epochs = w.task.spec.train.epochs
@@ -364,8 +401,11 @@ def _run_job(job: Job, config: dict, session, resume: Path | None, carry: Path, 
         t0 = time.perf_counter()
         step, seen, loss_sum, nb, logs = _train_epoch(w, model, epoch, step, steps_per_epoch * epochs)
         metrics = _evaluate(w, model, epoch, step, time.perf_counter() - t0, seen, loss_sum, nb, logs, start_epoch)
+        if w.selection is not None:
+            w.selection.update(model, metrics)
+        where, key = ("val", "val_accuracy") if w.selection is not None else ("test", "accuracy")
         _log(w.rank, f"{w.label}: epoch {epoch + 1}/{epochs} loss {metrics['train_loss']:.4f} "
-                     f"test acc {metrics['accuracy']:.4f} ({metrics['samples_per_s']:.0f} samples/s)")
+                     f"{where} acc {metrics[key]:.4f} ({metrics['samples_per_s']:.0f} samples/s)")
         wall = wall_before + time.perf_counter() - t_job
         if epoch + 1 == epochs:
             break
@@ -374,6 +414,8 @@ def _run_job(job: Job, config: dict, session, resume: Path | None, carry: Path, 
                                         "wall_s": wall, "done": done}, carry)
         else:
             session.report(metrics, None)
+    if w.selection is not None:  # the selected epoch's model becomes the job's model; the test split is read now, once
+        metrics = _select(w, model, metrics)
     # the job is finished: its model joins done/, and its last report's checkpoint holds it
     metrics = {**metrics, "item": job.item, "job_wall_s": wall_before + time.perf_counter() - t_job}
     done[job.item] = metrics
@@ -407,28 +449,52 @@ def _train_epoch(w: Worker, model, epoch: int, step: int, total_steps: int):
     return step, seen, loss_sum, nb, logs
 
 
+def _evaluate_split(w: Worker, model, arrays: dict, extra: list[float] = ()) -> tuple[dict, list[float]]:
+    """``task.evaluate`` on ``arrays``, sharded over workers; the all-reduced correct/count/nll sums plus ``extra``."""
+    _sync_buffers(model)
+    idx = np.arange(w.rank, len(arrays["label"]), w.world)
+    ev = w.task.evaluate(unwrap(model), {k: v[idx] for k, v in arrays.items()})
+    return ev, _all_reduce_sum([ev["correct"], ev["count"], ev["nll_sum"], *extra], w.device)
+
+
 def _evaluate(w: Worker, model, epoch: int, step: int, train_time: float, seen: int, loss_sum: float, nb: int,
               logs: dict, start_epoch: int) -> dict[str, Any]:
-    """Evaluation on the evaluation split, sharded over workers and all-reduced, plus the epoch's figures."""
-    _sync_buffers(model)
-    test_idx = np.arange(w.rank, len(w.test_arrays["label"]), w.world)
-    ev = w.task.evaluate(unwrap(model), {k: v[test_idx] for k, v in w.test_arrays.items()})
-    correct, count, nll, seen_all, loss_all, nb_all, t_examples = _all_reduce_sum(
-        [ev["correct"], ev["count"], ev["nll_sum"], seen, loss_sum, nb, w.teacher.forward_examples], w.device)
+    """Evaluation on the evaluation split (the validation split when there is one: then the figures are
+    named ``val_*`` and the test split is not read), sharded over workers and all-reduced, plus the epoch's figures."""
+    val = w.val_arrays is not None
+    ev, (correct, count, nll, seen_all, loss_all, nb_all, t_examples) = _evaluate_split(
+        w, model, w.val_arrays if val else w.test_arrays, [seen, loss_sum, nb, w.teacher.forward_examples])
     w.throughput.append(seen_all / max(1e-9, train_time))
+    acc, nll_key, pre = ("val_accuracy", "val_nll", "val_") if val else ("accuracy", "test_nll", "")
     metrics: dict[str, Any] = {
         "item": w.job.item, "epoch": epoch + 1, "step": step, "train_loss": loss_all / max(1, nb_all),
-        "accuracy": correct / max(1.0, count), "test_nll": nll / max(1.0, count),
+        acc: correct / max(1.0, count), nll_key: nll / max(1.0, count),
         "samples_per_s": w.throughput[-1], "epoch_time_s": train_time,
         "teacher_forward_examples": t_examples, "resumed_after_epoch": start_epoch,
         "samples_per_s_by_epoch": list(w.throughput), **{f"loss_{k}": v for k, v in logs.items()},
-        **{k: v for k, v in ev.items() if k not in ("correct", "count", "nll_sum")},
+        **{pre + k: v for k, v in ev.items() if k not in ("correct", "count", "nll_sum")},
     }
-    if w.ds_ref:  # lets Tune schedulers and searchers act on the distillation metric
+    if w.ds_ref:  # lets Tune schedulers and searchers act on the distillation metric (of the validation split, if any)
         r = w.ds_ref
-        metrics["ds"] = distillation_score(r["size_s"], r["size_t"], metrics["accuracy"], r["acc_t"], r["a"])
+        metrics["ds"] = distillation_score(r["size_s"], r["size_t"], metrics[acc], r["acc_t"], r["a"])
         metrics["student_size"] = r["size_s"]
     return metrics
+
+
+def _select(w: Worker, model, metrics: dict) -> dict:
+    """The end of a job with a validation split: load the best epoch's model and read the test split once, for it."""
+    sel = w.selection
+    unwrap(model).load_state_dict(sel.best.state_dict())
+    ev, (correct, count, nll) = _evaluate_split(w, model, w.test_arrays)
+    out = {**metrics, "accuracy": correct / max(1.0, count), "test_nll": nll / max(1.0, count),
+           **{k: v for k, v in ev.items() if k not in ("correct", "count", "nll_sum")},
+           "selected_epoch": sel.epoch, "val_accuracy": sel.val_accuracy, "val_nll": sel.val_nll,
+           "val_accuracy_by_epoch": list(sel.by_epoch), "eval_protocol": "best validation epoch, test read once"}
+    if w.ds_ref:
+        r = w.ds_ref
+        out["ds"] = distillation_score(r["size_s"], r["size_t"], out["accuracy"], r["acc_t"], r["a"])
+    _log(w.rank, f"{w.label}: epoch {sel.epoch} selected (val acc {sel.val_accuracy:.4f}), test acc {out['accuracy']:.4f}")
+    return out
 
 
 def _report(w: Worker, model, metrics: dict, state: dict, carry: Path) -> None:
@@ -438,6 +504,9 @@ def _report(w: Worker, model, metrics: dict, state: dict, carry: Path) -> None:
         if w.rank == 0:
             if (carry / "done").exists():
                 shutil.copytree(carry / "done", Path(d) / "done")
+            if w.selection is not None:  # the best epoch so far, so that a resumed job still selects among all epochs
+                save_weights(w.selection.best, Path(d) / "best" / "model.safetensors")
+                state = {**state, "selection": w.selection.state()}
             save_state(d, model, w.optimizer, state, {"loss": w.loss_fn})
         w.session.report(metrics, d if w.rank == 0 else None)
 
