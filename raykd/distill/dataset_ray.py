@@ -38,7 +38,7 @@ from raykd.distill.dataset import (
     init_params, load_distilled, load_real_data, meta_gradient, starting_params,
 )
 from raykd.engine.checkpoint import DamagedCheckpoint, restore_newest
-from raykd.engine.trainer import cluster_has_gpus, worker_env
+from raykd.engine.trainer import uses_gpu, worker_env
 from raykd.paths import atomic_write_bytes, cache_dir
 from raykd.plugins import setup_worker
 from raykd.results import config_hash
@@ -162,7 +162,7 @@ def distill_on_ray(recipe: Recipe, engine: EngineConfig, name: str, storage: Pat
     Each worker takes an equal share of the CPUs free now (at least ``engine.cpus_per_worker``) as its
     torch threads; inside a Tune trial the trial's own driver holds a sliver of a CPU."""
     engine = engine.resolved(concurrent=True)  # auto: one worker, taking the free CPUs below
-    use_gpu = cluster_has_gpus() if engine.use_gpu is None else engine.use_gpu
+    use_gpu = uses_gpu(engine)
     free = int(ray.available_resources().get("CPU", 1))
     cpus = max(engine.cpus_per_worker, float(free // engine.num_workers))
     trainer = TorchTrainer(

@@ -208,14 +208,14 @@ def build_teacher_outputs(cfg, teacher: dict) -> None:
     if not cfg.engine.teacher_cache or cfg.engine.teacher_placement != "colocated":
         return
     from raykd.engine.teacher_cache import get_or_build
-    from raykd.engine.trainer import cluster_has_gpus
+    from raykd.engine.trainer import uses_gpu
 
     kd_jobs = [j for j in student_jobs(cfg) if j[3] == "kd"]
     if kd_jobs:
         _, spec, losses, kind = kd_jobs[0]
         task = student_task(cfg, teacher, spec, losses, kind)
         if task.uses_teacher and "features" not in task.teacher_needs:
-            get_or_build(task, cfg.engine.resolved(), cluster_has_gpus() if cfg.engine.use_gpu is None else cfg.engine.use_gpu)
+            get_or_build(task, cfg.engine.resolved(), uses_gpu(cfg.engine))
 
 
 def student_jobs(cfg) -> list[tuple[str, ModelSpec, list[LossSpec], str]]:
@@ -241,20 +241,21 @@ def run(cfg, ctx) -> list[dict]:
     """Teacher -> students distillation on Ray Train (CNNs on images, BERTs on text)."""
     teacher = prepare_teacher(cfg, ctx)
     t_size, common = teacher["size"], teacher["common"]
-    todo, examples = [], {}
-    for n, (item, spec, losses, kind) in enumerate(student_jobs(cfg)):
+    todo, about = [], {}  # jobs to train; item -> (kind, student spec, example input)
+    for item, spec, losses, kind in student_jobs(cfg):
         if ctx.done(item) is not None:
             print(f"[raykd] {kind} student {spec.display}: done in an earlier attempt", flush=True)
             continue
         task = student_task(cfg, teacher, spec, losses, kind)
         s_task = build_task(task)
-        examples[item] = s_task.example_input(s_task.load_split("test"))  # the student's own token ids
-        s_size = size_report(s_task.build_student(), examples[item], latency=False)
+        example = s_task.example_input(s_task.load_split("test"))  # the student's own token ids
+        about[item] = (kind, spec, example)
+        s_size = size_report(s_task.build_student(), example, latency=False)
         size = cfg.metric.size  # DS of every epoch, reported to Ray (and to Tune schedulers in a sweep)
         ds_ref = {"size_s": s_size[size], "size_t": t_size[size], "acc_t": teacher["accuracy"], "a": cfg.metric.a}
-        todo.append((Job(item, task, f"{kind} {spec.display}", ds_ref), kind, spec))
+        todo.append(Job(item, task, f"{kind} {spec.display}", ds_ref))
     engine = cfg.engine.resolved(concurrent=ctx.trial is not None)
-    for group in job_groups(cfg, [j for j, _, _ in todo]):
+    for group in job_groups(cfg, todo):
         if not group:
             continue
         print(f"[raykd] training {len(group)} student(s) in turn on {engine.num_workers} worker(s) x "
@@ -264,12 +265,13 @@ def run(cfg, ctx) -> list[dict]:
                           in_trial=ctx.trial_in_process, build_here=ctx.trial is not None)
         with finished_jobs(result) as finished:
             for job in group:
-                kind, spec = next((k, s) for j, k, s in todo if j is job)
+                kind, spec, example = about[job.item]
                 m = finished[job.item].metrics
-                student = build_task(job.task).build_student()
+                s_task = build_task(job.task)
+                student = s_task.build_student()
                 load_weights(student, finished[job.item].weights)
-                save_student(student, ctx.students_dir / job.item, build_task(job.task))
-                s = size_report(student, examples[job.item])
+                save_student(student, ctx.students_dir / job.item, s_task)
+                s = size_report(student, example)
                 row = make_row(method=kind, item=job.item, student=spec.display, params=s["params"], bytes=s["bytes"],
                                macs=s["macs"], accuracy=m["accuracy"], wall_time_s=m.get("job_wall_s"), seed=job.task.train.seed,
                                extra={"latency_ms": s["latency_ms"], "losses": job.task.loss_dicts(), "epochs": cfg.train.epochs,

@@ -344,12 +344,12 @@ def _quiet_reports(level: str) -> None:
     logging.getLogger(context.__file__).setLevel(level)
 
 
-def _keep_copy(directory: Path) -> Path:
-    """A local copy of an intact checkpoint (checked by its ``state.json``), to restore from."""
-    read_state(directory)
+def _keep_copy(directory: Path) -> tuple[Path, dict]:
+    """A local copy of an intact checkpoint (checked by its ``state.json``) to restore from, and its state."""
+    state = read_state(directory)
     kept = Path(tempfile.mkdtemp(prefix="raykd-restore-"))
     shutil.copytree(directory, kept, dirs_exist_ok=True)
-    return kept
+    return kept, state
 
 
 def run_jobs(config: dict, session) -> None:
@@ -360,8 +360,7 @@ def run_jobs(config: dict, session) -> None:
     resumes the whole run: finished jobs are skipped, the current one continues from its last epoch."""
     jobs: list[Job] = config["jobs"]
     log = (lambda msg: _log(session.rank, msg))
-    kept = restore_newest(session.get_checkpoint(), _keep_copy, log)
-    state = read_state(kept) if kept else {}
+    kept, state = restore_newest(session.get_checkpoint(), _keep_copy, log) or (None, {})
     carry = Path(tempfile.mkdtemp(prefix="raykd-done-"))  # rank 0: finished jobs' models, copied into each checkpoint
     if kept is not None and (kept / "done").exists():
         shutil.copytree(kept / "done", carry / "done")
@@ -384,7 +383,7 @@ def run_jobs(config: dict, session) -> None:
 
 def _run_job(job: Job, config: dict, session, resume: Path | None, carry: Path, done: dict) -> dict:
     w = _setup(job, config, session)
-    start_epoch, step, wall_before = 0, 0, 0.0
+    start_epoch, step, wall_before, st = 0, 0, 0.0, {}
     if resume is not None:
         st = load_state(resume, w.student, w.optimizer, {"loss": w.loss_fn})
         start_epoch, step, wall_before = st["epoch"], st["step"], float(st.get("wall_s", 0.0))
@@ -395,7 +394,7 @@ def _run_job(job: Job, config: dict, session, resume: Path | None, carry: Path, 
     epochs = w.task.spec.train.epochs
     t_job = time.perf_counter()
     steps_per_epoch = math.ceil(len(w.train_arrays["label"]) // w.world / w.task.spec.train.batch_size)
-    metrics = dict(resume and read_state(resume).get("metrics") or {})
+    metrics = dict(st.get("metrics") or {})
     for epoch in range(start_epoch, epochs):
         w.task.on_epoch_start(epoch + 1, w.rank)
         t0 = time.perf_counter()
@@ -519,6 +518,11 @@ def cluster_has_gpus() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
+def uses_gpu(engine: EngineConfig) -> bool:
+    """``engine.use_gpu``, or (None) whether the cluster has GPUs."""
+    return cluster_has_gpus() if engine.use_gpu is None else bool(engine.use_gpu)
+
+
 def worker_env() -> dict:
     """Runtime environment of the Train workers: the driver's ``RAYKD_HOME`` and ``RAYKD_WHEELS``, when it
     sets them, so the workers read and build the same cache as the driver."""
@@ -568,7 +572,7 @@ def fit_many(jobs: list[Job], engine: EngineConfig | dict, name: str, storage_pa
     that trials hold)."""
     engine = engine if isinstance(engine, EngineConfig) else EngineConfig.model_validate(engine)
     engine = engine.resolved(concurrent=in_trial)
-    use_gpu = cluster_has_gpus() if engine.use_gpu is None else engine.use_gpu
+    use_gpu = uses_gpu(engine)
     if any(j.task.uses_teacher and "features" in j.task.teacher_needs for j in jobs) and \
             (engine.teacher_placement == "actor_pool" or engine.teacher_cache):
         print("[raykd] losses read teacher modules by path (forward hooks): the teacher runs in the training "

@@ -170,11 +170,10 @@ def trial_resources(cfg) -> dict:
     engine = getattr(cfg, "engine", None)
     if engine is None or not trains_in_trial(cfg):
         return {"CPU": TRIAL_DRIVER_CPU}
-    from raykd.engine.trainer import cluster_has_gpus
+    from raykd.engine.trainer import uses_gpu
 
     e = engine.resolved(concurrent=True)
-    use_gpu = cluster_has_gpus() if e.use_gpu is None else e.use_gpu
-    return {"CPU": e.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    return {"CPU": e.cpus_per_worker, **({"GPU": 1} if uses_gpu(e) else {})}
 
 
 def trains_in_trial(cfg) -> bool:
@@ -257,7 +256,8 @@ def _tuner(cfg, ctx: RunContext, space: dict, shared: dict, fresh: bool) -> tune
     """A new Tuner, or the interrupted one restored (same sweep id, not ``--fresh``)."""
     sw = cfg.sweep
     metric, mode = sw.metric, ("min" if sw.metric == "ds" else "max")
-    # the trial itself only drives Ray Train / Ray tasks (which request their own resources)
+    # a trial either trains in its own process (its worker's CPUs) or only drives Ray Train / Ray tasks,
+    # which request their own resources (a sliver)
     trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), trial_resources(cfg))
     name = ctx.ray_name("sweep")
     path = ctx.storage / name
