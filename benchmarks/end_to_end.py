@@ -14,7 +14,8 @@ evaluation, saving, the results table), each in its own fresh process:
     python benchmarks/end_to_end.py --sizes 6000 20000 60000 --workers 1 2   # how cost grows
 
 Prints a table and writes ``benchmarks/end_to_end_summary.json``: ``ratio`` is raykd's demo wall time
-over the plain process's (teacher cached), ``sweep_ratio`` the same for the sweep. Accuracies of both
+over the plain process's (teacher cached), ``sweep_ratio`` the same for the sweep; each the median of
+``--repeats`` pairs (default 3; the other cases run once). Accuracies of both
 sides are printed, so a faster side that learned less would show.
 """
 
@@ -27,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,8 +195,9 @@ def home_view(home: Path, keep: tuple[str, ...]) -> Path:
 
 
 def case(name: str, config: str, overrides: list[str], threads: int, env: dict, work: Path, sweep: bool = False,
-         train_teacher: bool = False) -> dict:
-    """Time the raykd command and the plain process on the same plan (plain first)."""
+         train_teacher: bool = False, repeats: int = 1) -> dict:
+    """Time the raykd command and the plain process on the same plan, ``repeats`` pairs (plain first in
+    each pair); the case's times are the medians, every time is kept."""
     import pickle
 
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
@@ -210,15 +213,18 @@ def case(name: str, config: str, overrides: list[str], threads: int, env: dict, 
     # the run builds what the plain process computes: the teacher (when trained in the run) and the
     # teacher-output cache; data and, when cached, the trained teacher are shared
     keep = ("datasets", "wheels") if train_teacher else ("datasets", "wheels", "teachers")
-    walls = {}
-    for side, cmd in (("plain", plain_cmd), ("raykd", raykd_cmd)):
-        e = {**env, "RAYKD_HOME": str(home_view(Path(env["RAYKD_HOME"]), keep))} if side == "raykd" else env
-        walls[side] = timed(cmd, e, work / f"{slug}-{side}.log")
-        print(f"  {name}: {side} {walls[side]:.1f}s", flush=True)
+    times: dict[str, list[float]] = {"plain": [], "raykd": []}
+    for _ in range(repeats):
+        for side, cmd in (("plain", plain_cmd), ("raykd", raykd_cmd)):
+            e = {**env, "RAYKD_HOME": str(home_view(Path(env["RAYKD_HOME"]), keep))} if side == "raykd" else env
+            times[side].append(timed(cmd, e, work / f"{slug}-{side}.log"))
+            print(f"  {name}: {side} {times[side][-1]:.1f}s", flush=True)
+    walls = {side: statistics.median(t) for side, t in times.items()}
     plain = json.loads((plain_out / "plain.json").read_text())
     log = (work / f"{slug}-raykd.log").read_text()
     return {"case": name, "config": config, "overrides": overrides, "raykd_s": round(walls["raykd"], 2),
             "plain_s": round(walls["plain"], 2), "ratio": round(walls["raykd"] / walls["plain"], 3),
+            "raykd_s_each": [round(t, 2) for t in times["raykd"]], "plain_s_each": [round(t, 2) for t in times["plain"]],
             "raykd_command": " ".join(["raykd", *raykd_cmd[1:]]), "plain_train_s": round(sum(v["train_s"] for v in plain.values()), 2),
             "plain_accuracy": {k: v["accuracy"] for k, v in plain.items()}, "raykd_accuracy": raykd_accuracies(raykd_out),
             "raykd_console_lines": len(log.splitlines())}
@@ -234,6 +240,7 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], choices=["demo", "demo-teacher", "sweep"])
     p.add_argument("--sizes", nargs="*", type=int, default=[], help="also the demo at these training-set sizes")
     p.add_argument("--workers", nargs="*", type=int, default=[], help="... with these engine.num_workers")
+    p.add_argument("--repeats", type=int, default=3, help="pairs of runs of the demo and the sweep (medians; other cases run once)")
     p.add_argument("--summary", default=str(ROOT / "benchmarks" / "end_to_end_summary.json"))
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "end_to_end"))
     args = p.parse_args()
@@ -263,9 +270,9 @@ def main() -> None:
     ray.shutdown()
     rows = []
     if "demo" not in args.skip:
-        rows.append(case("demo", args.demo_config, [], args.threads, env, work))
+        rows.append(case("demo", args.demo_config, [], args.threads, env, work, repeats=args.repeats))
     if "sweep" not in args.skip:
-        rows.append(case("sweep (8 trials)", args.sweep_config, [], args.threads, env, work, sweep=True))
+        rows.append(case("sweep (8 trials)", args.sweep_config, [], args.threads, env, work, sweep=True, repeats=args.repeats))
     if "demo-teacher" not in args.skip:
         rows.append(case("demo, teacher trained in the run", args.demo_config, [], args.threads, env, work, train_teacher=True))
     for size in args.sizes:

@@ -137,11 +137,13 @@ def make_context(cfg: RunConfig, fresh: bool = False) -> RunContext:
 
 
 def forget(ctx: RunContext) -> None:
-    """Start the run over: drop its rows and its Ray runs (``--fresh``)."""
+    """Start the run over: drop its rows (a sweep's trial rows, ``<run id>/<trial>``, too) and its Ray
+    runs (``--fresh``)."""
     path = ctx.out_dir / "results.parquet"
     if path.exists():
         df = read_results(ctx.out_dir)
-        keep = df[df["run_id"] != ctx.run_id]
+        ids = df["run_id"].astype(str)
+        keep = df[(ids != ctx.run_id) & ~ids.str.startswith(f"{ctx.run_id}/")]
         for target, writer in ((path, lambda p: keep.to_parquet(p, index=False)),
                                (ctx.out_dir / "results.csv", lambda p: keep.to_csv(p, index=False))):
             writer(target)
@@ -182,10 +184,12 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     return lines
 
 
-def execute(cfg: RunConfig, fresh: bool = False, report: bool = True) -> RunResult:
-    """Run ``cfg`` (already validated) from start to finish, or resume it; returns its results."""
+def execute(cfg: RunConfig, fresh: bool = False, report: bool = True, shutdown: bool = False) -> RunResult:
+    """Run ``cfg`` (already validated) from start to finish, or resume it; returns its results.
+    ``shutdown``: stop the private Ray this process started once the run is done, while the report is
+    written (the CLI; the Python API leaves Ray running for the caller)."""
     from raykd.plugins import loaded
-    from raykd.runtime import init_ray
+    from raykd.runtime import init_ray, shutdown_in_background
 
     method = get_method(cfg.method)
     ctx = make_context(cfg, fresh)
@@ -193,15 +197,18 @@ def execute(cfg: RunConfig, fresh: bool = False, report: bool = True) -> RunResu
     if len(before):
         print(f"[raykd] run {ctx.run_id}: {len(before)} row(s) already in {ctx.out_dir}/results.csv; resuming "
               "(items with a row are skipped; --fresh starts over)", flush=True)
-    init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, dashboard=cfg.ray.dashboard, plugins=loaded())
+    started = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, dashboard=cfg.ray.dashboard, plugins=loaded())
     t0 = time.time()
     method.run(cfg, ctx)
     df = ctx.rows()
     print(f"[raykd] run {ctx.run_id}: {len(df)} row(s) in {time.time() - t0:.0f}s", flush=True)
+    stopping = shutdown_in_background() if shutdown and started else None  # only the Ray this call started
     if report and len(df):
         from raykd.report import report as render
 
         render(ctx.out_dir, df=df, a=cfg.metric.a, size=cfg.metric.size)
+    if stopping is not None:
+        stopping.join()
     students = sorted(p for p in ctx.students_dir.rglob("*") if p.is_dir() and p.name != "teacher" and any(
         (p / f).exists() for f in ("model.safetensors", "config.json"))) if ctx.students_dir.exists() else []
     return RunResult(df, ctx.out_dir, students, ctx.run_id)

@@ -34,13 +34,14 @@ from unittest import mock
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
-             logging_level: str = "WARNING", plugins: list[str] | None = None, **init_kwargs) -> None:
+             logging_level: str = "WARNING", plugins: list[str] | None = None, **init_kwargs) -> bool:
     """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), else start an isolated loopback-only
     local Ray with ``num_cpus`` CPUs (default: all). Does nothing when Ray is already initialised.
 
     ``plugins`` (see :mod:`raykd.plugins`) are imported in every worker process of the job, on a local
     Ray and on a cluster alike. ``init_kwargs`` go to ``ray.init`` for a local start (e.g.
-    ``object_store_memory``)."""
+    ``object_store_memory``). Returns True when this call started a private local Ray (its caller may
+    shut it down when done), False when Ray was up already or a cluster was joined."""
     import ray
 
     from raykd.plugins import runtime_env
@@ -51,7 +52,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
             print("[raykd] Ray was started before raykd: the plugins reach Ray Train workers (their loop is given "
                   "them) but not Tune trials or teacher actors on other nodes; start Ray with "
                   "ray.init(runtime_env=raykd.plugins.runtime_env()) or let raykd start it", flush=True)
-        return
+        return False
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Ray Train's controller polls its workers every 2 s by default, so a short run waited up to 2 s
     # to be seen starting and finishing; 0.2 s costs the controller little and no run waits for it
@@ -61,7 +62,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
         env = runtime_env(plugins, ship_modules=False)
         ray.init(address=address, logging_config=ray.LoggingConfig(log_level=ray_log_level()),
                  **({"runtime_env": env} if env else {}))
-        return
+        return False
     env = runtime_env(plugins)
     if env:
         init_kwargs["runtime_env"] = env
@@ -74,12 +75,54 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
         if "GCS" not in str(e):
             raise
         _start_local(num_cpus=num_cpus, dashboard=dashboard, logging_level=logging_level, **init_kwargs)
+    prestart_train_coordinator()
+    return True
+
+
+def prestart_train_coordinator() -> None:
+    """Start the actor Ray Train's controller asks for resources before it starts any worker.
+
+    Each Train run's controller first gets or creates the detached ``AutoscalingCoordinator`` actor
+    (Ray Data's, one per cluster) and waits on it: on a fresh local Ray that is a process start (1-2 s
+    on 2 cores) on the critical path of the first run. Created here, right after ``ray.init``, it starts
+    while the driver prepares the run, on one of the idle workers Ray keeps ready; the controller then
+    finds it by name. Ray's own function, so the actor is the one Train would create; where it is
+    missing (another Ray version) nothing is done and Train creates it as before."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
+
+
+def shutdown_in_background():
+    """Shut down Ray in a thread (a private instance's processes take a second or two to stop): the
+    caller writes its report meanwhile and joins the returned thread."""
+    import threading
+
+    import ray
+
+    t = threading.Thread(target=ray.shutdown, name="raykd-ray-shutdown")
+    t.start()
+    return t
 
 
 def verbose() -> bool:
     """Whether Ray's own messages are shown (``raykd ... --verbose``, or ``RAYKD_VERBOSE=1``); without,
     the console holds raykd's lines: one per epoch of each model, and the results table."""
     return os.environ.get("RAYKD_VERBOSE", "") not in ("", "0")
+
+
+def quiet_ray_data() -> None:
+    """Without ``--verbose``, a Ray Data pipeline run from this process (the teacher's outputs over the
+    training split) logs no execution plans or per-operator progress: raykd prints its own progress line."""
+    if verbose():
+        return
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def ray_log_level() -> str:

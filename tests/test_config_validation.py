@@ -373,6 +373,20 @@ def test_engine_auto_resolves_from_the_machine_and_keeps_explicit_values(monkeyp
             EngineConfig(**bad)
 
 
+def test_one_cpu_worker_runs_without_the_torch_backend():
+    """DDP (several workers) and GPUs get TorchTrainer; one CPU worker Ray Train's generic trainer (no
+    process group to set up, and a controller that does not import torch)."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from raykd.config import EngineConfig
+    from raykd.engine.trainer import trainer_class
+
+    assert trainer_class(EngineConfig(num_workers=1, cpus_per_worker=2), use_gpu=False) is DataParallelTrainer
+    assert trainer_class(EngineConfig(num_workers=2, cpus_per_worker=1), use_gpu=False) is TorchTrainer
+    assert trainer_class(EngineConfig(num_workers=1, cpus_per_worker=2), use_gpu=True) is TorchTrainer
+
+
 def test_verbose_switches_rays_own_log_level(monkeypatch):
     from raykd import runtime
 

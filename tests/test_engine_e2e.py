@@ -167,3 +167,8 @@ def test_cli_run_trains_students_in_one_worker_group_and_prints_a_readable_conso
     kd = df[df["method"] == "kd"]
     assert len(kd) == 2 and (kd["accuracy"] > 0.5).all() and (kd["wall_time_s"] > 0).all()
     assert {json.loads(e)["workers"] for e in kd["extra"]} == {1}  # auto on one machine: one worker
+    # the teacher's facts, measured while the worker group started, are all in its row (first in the table)
+    teacher = df[df["method"] == "teacher"]
+    assert len(teacher) == 1 and df["method"].iloc[0] == "teacher"
+    assert teacher["macs"].iloc[0] > 0 and json.loads(teacher["extra"].iloc[0])["latency_ms"] > 0
+    assert (kd["teacher_macs"] == teacher["macs"].iloc[0]).all()

@@ -81,3 +81,20 @@ def test_results_table_roundtrip(tmp_path):
 def test_row_without_teacher_has_nan_ds():
     row = make_row(method="ce", dataset="mnist", student="s", params=10, accuracy=0.5)
     assert math.isnan(row["ds"])
+
+
+def test_fresh_drops_a_sweeps_trial_rows_and_keeps_other_runs(tmp_path):
+    """``raykd sweep --fresh`` starts over: its trial rows (run ids ``<run id>/<trial>``) go with its own
+    rows; other runs' rows in the same output directory stay (a rerun once doubled every trial)."""
+    from types import SimpleNamespace
+
+    from raykd.lifecycle import forget
+
+    rows = _table().to_dict("records")
+    ids = ["sw-1", "sw-1/t0", "sw-1/t1", "sw-10/t0"]  # sw-10 is another run whose id starts like sw-1
+    for row, (i, run_id) in zip(rows, enumerate(ids)):
+        row.update(run_id=run_id, item=f"item{i}")
+    append_rows(tmp_path, rows)
+    forget(SimpleNamespace(run_id="sw-1", out_dir=tmp_path, storage=tmp_path / "ray", ray_name=lambda item: f"sw-1-{item}"))
+    assert read_results(tmp_path)["run_id"].tolist() == ["sw-10/t0"]
+    assert read_results(tmp_path / "results.csv")["run_id"].tolist() == ["sw-10/t0"]

@@ -41,12 +41,16 @@ def _cfg(tmp_path, weights, **extra) -> dict:
 
 
 @pytest.mark.ray
-def test_sweep_of_4_trials_fills_the_table(ray_session, tmp_path):
+def test_sweep_of_4_trials_fills_the_table(ray_session, tmp_path, capfd):
     from raykd.sweep.tune import sweep
 
     weights = _teacher(tmp_path)
     cfg = parse_config(_cfg(tmp_path, weights))
     table = sweep(cfg)
+    console = capfd.readouterr()
+    # without --verbose: no Tune status tables, config boxes or Ray Data execution logs on the console
+    for noise in ("Trial status:", "started with configuration", "Execution plan of Dataset", "AIR_VERBOSITY"):
+        assert noise not in console.out + console.err, noise
     assert (table["method"] == "teacher").sum() == 1  # recorded once, not per trial
     df = table[table["method"] != "teacher"]
     assert len(df) == 4

@@ -135,6 +135,11 @@ def test_registered_image_datasets_get_their_own_statistics():
         pytest.skip("Fashion-MNIST files are not installed here")
     assert fashion.norm["mean"][0] == pytest.approx(0.286, abs=0.01)
     assert image_stats(np.zeros((2, 1, 2, 2), np.uint8))["std"][0] > 0  # no division by zero
+    x = np.random.default_rng(0).integers(0, 256, size=(20000, 3, 8, 8), dtype=np.uint8)  # sums past int32
+    f = x.astype(np.float64) / 255.0
+    stats = image_stats(x, chunk=7000)
+    np.testing.assert_allclose(stats["mean"], f.mean(axis=(0, 2, 3)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stats["std"], f.std(axis=(0, 2, 3)), rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------

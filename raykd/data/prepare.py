@@ -184,17 +184,18 @@ def holdout(raw: RawData, fraction: float, seed: int) -> tuple[RawData, RawData]
 
 
 def image_stats(x: np.ndarray, chunk: int = 8192) -> dict:
-    """Per-channel mean and std of uint8 images scaled to [0, 1] (accumulated in float64, in chunks)."""
+    """Per-channel mean and std of uint8 images scaled to [0, 1]. The sums of pixel values and of their
+    squares are exact integers (a few times faster than a float pass over every pixel)."""
     c = x.shape[1]
-    s = np.zeros(c)
-    ss = np.zeros(c)
+    s = np.zeros(c, np.int64)
+    ss = np.zeros(c, np.int64)
     for i in range(0, len(x), chunk):
-        b = np.asarray(x[i:i + chunk], dtype=np.float64) / 255.0
-        s += b.sum(axis=(0, 2, 3))
-        ss += (b * b).sum(axis=(0, 2, 3))
+        b = x[i:i + chunk].astype(np.int64).transpose(1, 0, 2, 3).reshape(c, -1)
+        s += b.sum(axis=1)
+        ss += np.einsum("ij,ij->i", b, b)
     n = len(x) * x.shape[2] * x.shape[3]
-    mean = s / n
-    std = np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
+    mean = s / (255.0 * n)
+    std = np.sqrt(np.maximum(ss / (255.0 * 255.0 * n) - mean * mean, 0.0))
     return {"mean": [float(m) for m in mean], "std": [float(max(v, 1e-6)) for v in std]}
 
 

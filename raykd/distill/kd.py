@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +29,7 @@ from raykd.engine.checkpoint import load_weights, save_weights
 from raykd.engine.task import ClassifyTask, TaskSpec, TeacherRef, build_task
 from raykd.engine.trainer import Job, finished_jobs, fit, fit_many
 from raykd.method import register_method
-from raykd.models.size import param_count_on_meta, size_report
+from raykd.models.size import count_params, cpu_latency_ms, macs_per_example, model_bytes, param_count_on_meta, size_report
 from raykd.paths import atomic_write_bytes, cache_dir
 from raykd.results import config_hash, make_row
 from raykd.schema import Strict
@@ -169,6 +170,15 @@ def load_trained(task: TaskSpec, result) -> "torch.nn.Module":
 def prepare_teacher(cfg, ctx) -> dict:
     """Train (or load) the teacher, measure it, and record its row (once per run or sweep, not per
     trial). Returns what the students' runs need."""
+    teacher = load_teacher(cfg, ctx)
+    finish_teacher(cfg, ctx, teacher, measure_teacher(teacher))
+    if ctx.trial is None:
+        build_teacher_outputs(cfg, teacher)
+    return teacher
+
+
+def load_teacher(cfg, ctx) -> dict:
+    """The trained teacher (trained now on a cold cache), its model and an example input, unmeasured."""
     teacher = ensure_teacher(cfg.data, cfg.teacher, cfg.engine, ctx.storage)
     t_task = build_task(teacher_task(cfg.data, cfg.teacher))
     t_model = teacher.pop("model", None)  # loaded already when the teacher arrived trained
@@ -176,21 +186,32 @@ def prepare_teacher(cfg, ctx) -> dict:
         t_model = t_task.build_student()
     if teacher["weights"]:
         load_weights(t_model, teacher["weights"])
-    example = t_task.example_input(t_task.load_split("test"))
-    t_size = size_report(t_model, example)
+    return {**teacher, "model": t_model, "task": t_task, "example": t_task.example_input(t_task.load_split("test"))}
+
+
+def measure_teacher(teacher: dict) -> dict:
+    """Parameters, bytes and MACs of the teacher (the first MAC count imports sympy: about a second)."""
+    return size_report(teacher["model"], teacher["example"], latency=False)
+
+
+def finish_teacher(cfg, ctx, teacher: dict, t_size: dict) -> None:
+    """Complete ``teacher`` with its size and the columns every row shares; outside a sweep trial, also
+    its CPU latency (measured while nothing else runs), its saved copy and its results row."""
+    t_model, t_task = teacher["model"], teacher["task"]
     write_data_description(ctx.out_dir, t_task.data)
     common = dict(dataset=cfg.data.name, teacher=cfg.teacher.display, teacher_params=t_size["params"],
                   teacher_bytes=t_size["bytes"], teacher_macs=t_size["macs"], teacher_accuracy=teacher["accuracy"],
                   a=cfg.metric.a, size=cfg.metric.size, cfg_hash=ctx.run_id.split("/")[0].rsplit("-", 1)[-1],
                   eval_split=t_task.data.eval_split)
-    if teacher["weights"] and ctx.trial is None and not (ctx.students_dir / "teacher").exists():
+    teacher.update(size=t_size, common=common)
+    if ctx.trial is not None:  # a sweep records its teacher once, in prepare
+        return
+    t_size.setdefault("latency_ms", cpu_latency_ms(t_model, teacher["example"]))
+    if teacher["weights"] and not (ctx.students_dir / "teacher").exists():
         save_student(t_model, ctx.students_dir / "teacher", t_task)  # reusable: teacher: {name: hf, args: {path: ...}}
-    if ctx.trial is None:  # a sweep records its teacher once, in prepare
-        ctx.record([make_row(method="teacher", item="teacher", student=cfg.teacher.display, params=t_size["params"],
-                             bytes=t_size["bytes"], macs=t_size["macs"], accuracy=teacher["accuracy"],
-                             seed=cfg.teacher.train.seed, extra={"latency_ms": t_size["latency_ms"]}, **common)])
-        build_teacher_outputs(cfg, teacher)
-    return {**teacher, "example": example, "size": t_size, "common": common}
+    ctx.record([make_row(method="teacher", item="teacher", student=cfg.teacher.display, params=t_size["params"],
+                         bytes=t_size["bytes"], macs=t_size["macs"], accuracy=teacher["accuracy"],
+                         seed=cfg.teacher.train.seed, extra={"latency_ms": t_size["latency_ms"]}, **common)])
 
 
 def student_task(cfg, teacher: dict, spec: ModelSpec, losses: list[LossSpec], kind: str) -> TaskSpec:
@@ -239,8 +260,16 @@ def job_groups(cfg, jobs: list) -> list[list]:
                            "engine": None, "sweep": None})
 def run(cfg, ctx) -> list[dict]:
     """Teacher -> students distillation on Ray Train (CNNs on images, BERTs on text)."""
-    teacher = prepare_teacher(cfg, ctx)
-    t_size, common = teacher["size"], teacher["common"]
+    teacher = load_teacher(cfg, ctx)
+    size = cfg.metric.size  # DS of every epoch, reported to Ray (and to Tune schedulers in a sweep)
+    # Outside a sweep trial the driver counts the teacher's MACs in a thread while the worker group starts
+    # (the first count imports sympy, about a second); the DS of each epoch needs only the metric's size.
+    overlap = ctx.trial is None and size != "macs"
+    if ctx.trial is None:
+        build_teacher_outputs(cfg, teacher)  # before any student reads them
+    pool = ThreadPoolExecutor(1, thread_name_prefix="raykd-measure") if overlap else None
+    t_measured = pool.submit(measure_teacher, teacher) if pool else None
+    t_size_now = {size: quick_size(teacher["model"], teacher["example"], size)} if overlap else measure_teacher(teacher)
     todo, about = [], {}  # jobs to train; item -> (kind, student spec, example input)
     for item, spec, losses, kind in student_jobs(cfg):
         if ctx.done(item) is not None:
@@ -250,10 +279,29 @@ def run(cfg, ctx) -> list[dict]:
         s_task = build_task(task)
         example = s_task.example_input(s_task.load_split("test"))  # the student's own token ids
         about[item] = (kind, spec, example)
-        s_size = size_report(s_task.build_student(), example, latency=False)
-        size = cfg.metric.size  # DS of every epoch, reported to Ray (and to Tune schedulers in a sweep)
-        ds_ref = {"size_s": s_size[size], "size_t": t_size[size], "acc_t": teacher["accuracy"], "a": cfg.metric.a}
+        ds_ref = {"size_s": quick_size(s_task.build_student(), example, size), "size_t": t_size_now[size],
+                  "acc_t": teacher["accuracy"], "a": cfg.metric.a}
         todo.append(Job(item, task, f"{kind} {spec.display}", ds_ref))
+    try:
+        _train_students(cfg, ctx, teacher, todo, about, lambda: finish_teacher(
+            cfg, ctx, teacher, t_measured.result() if t_measured else t_size_now))
+    finally:
+        if pool:
+            pool.shutdown(wait=True)
+    return ctx.rows().to_dict("records")
+
+
+def quick_size(model, example, which: str) -> float:
+    """One size measure of ``model`` (``params``, ``bytes`` or ``macs``): the one the DS metric uses."""
+    if which == "macs":
+        return macs_per_example(model, example)
+    return count_params(model) if which == "params" else model_bytes(model, 4)
+
+
+def _train_students(cfg, ctx, teacher: dict, todo: list, about: dict, finish) -> None:
+    """Train ``todo`` (in one worker group, or one per streamed student), then record each student's row.
+    ``finish`` completes the teacher's facts (its row too) once the first group has trained."""
+    finished_teacher = False
     engine = cfg.engine.resolved(concurrent=ctx.trial is not None)
     for group in job_groups(cfg, todo):
         if not group:
@@ -263,6 +311,9 @@ def run(cfg, ctx) -> list[dict]:
         name = ctx.ray_name("students" if len(group) == len(todo) else group[0].item)
         result = fit_many(group, cfg.engine, name, ctx.storage, callbacks=ctx.train_callbacks([j.item for j in group]),
                           in_trial=ctx.trial_in_process, build_here=ctx.trial is not None)
+        if not finished_teacher:
+            finish()
+            finished_teacher = True
         with finished_jobs(result) as finished:
             for job in group:
                 kind, spec, example = about[job.item]
@@ -278,8 +329,9 @@ def run(cfg, ctx) -> list[dict]:
                                       "samples_per_s": m.get("samples_per_s"),
                                       "teacher_forward_examples": m.get("teacher_forward_examples"),
                                       "placement": cfg.engine.teacher_placement, "workers": engine.num_workers,
-                                      "cpus_per_worker": engine.cpus_per_worker}, **common)
+                                      "cpus_per_worker": engine.cpus_per_worker}, **teacher["common"])
                 ctx.record([row])
                 print(f"[raykd] {kind} {spec.display}: accuracy {row['accuracy']:.4f} (teacher {teacher['accuracy']:.4f}), "
                       f"params {row['params']:,}, DS {row['ds']:.4f}, {row['wall_time_s']:.0f}s", flush=True)
-    return ctx.rows().to_dict("records")
+    if not finished_teacher:  # every student was done in an earlier attempt
+        finish()

@@ -365,7 +365,8 @@ def selection_of(cfg, trained: dict) -> dict:
         return {"eval_protocol": "last epoch", "selected_epoch": cfg.train.epochs}
     return {"eval_protocol": f"best of {cfg.train.epochs} epochs on {cfg.data.validation} validation rows carved from "
                              "training; test read once, at the end",
-            **{k: trained[k] for k in ("selected_epoch", "val_accuracy", "val_nll", "val_accuracy_by_epoch")}}
+            **{k: trained[k] for k in ("selected_epoch", "val_accuracy", "val_nll", "val_accuracy_by_epoch")},
+            **({"val_nll_by_epoch": trained["val_nll_by_epoch"]} if "val_nll_by_epoch" in trained else {})}
 
 
 def result_row(cfg, ctx, item: Item, task: TaskSpec, m: dict, teacher: dict | None, wall: float,

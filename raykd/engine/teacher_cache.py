@@ -27,6 +27,7 @@ from raykd.config import EngineConfig
 from raykd.data.prepare import fingerprint
 from raykd.engine.task import TaskSpec, build_task
 from raykd.paths import cache_dir
+from raykd.runtime import quiet_ray_data
 
 _REFS: dict[str, "ray.ObjectRef"] = {}
 
@@ -78,9 +79,10 @@ def build(task: TaskSpec, engine: EngineConfig, use_gpu: bool, directory: Path, 
         infer = TeacherInference(task, task.dataset.max_length)
         batches = (infer({"id": np.arange(i, min(n, i + bs))}) for i in range(0, n, bs))
     else:
+        quiet_ray_data()
         batches = ray.data.range(n).map_batches(
             TeacherInference, fn_constructor_kwargs={"task": task, "max_length": task.dataset.max_length},
-            batch_size=bs, concurrency=engine.teacher_actors, num_cpus=engine.teacher_cpus,
+            batch_size=bs, compute=ray.data.ActorPoolStrategy(size=engine.teacher_actors), num_cpus=engine.teacher_cpus,
             num_gpus=engine.teacher_gpus if use_gpu else 0).iter_batches(batch_size=bs, batch_format="numpy")
     logits, hidden, seen = None, None, 0
     for b in batches:

@@ -56,5 +56,5 @@ def teacher_output_dataset(task: TaskSpec, engine: EngineConfig, use_gpu: bool) 
             .randomize_block_order()
             .map_batches(TeacherInference, fn_constructor_kwargs={"task": task,
                                                                   "max_length": task.dataset.max_length},
-                         batch_size=bs, concurrency=engine.teacher_actors, num_cpus=engine.teacher_cpus,
+                         batch_size=bs, compute=ray.data.ActorPoolStrategy(size=engine.teacher_actors), num_cpus=engine.teacher_cpus,
                          num_gpus=engine.teacher_gpus if use_gpu else 0))

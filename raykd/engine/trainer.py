@@ -50,6 +50,7 @@ import ray.train.torch
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from raykd.config import EngineConfig
 from raykd.engine.checkpoint import load_state, load_weights, read_state, restore_newest, save_state, save_weights, unwrap
@@ -306,15 +307,18 @@ class Selection:
     val_accuracy: float = -1.0
     val_nll: float = math.nan
     by_epoch: list[float] = field(default_factory=list)  # validation accuracy of every epoch
+    nll_by_epoch: list[float] = field(default_factory=list)  # validation NLL of every epoch (shows overfitting)
 
     def update(self, model, metrics: dict) -> None:
         self.by_epoch.append(metrics["val_accuracy"])
+        self.nll_by_epoch.append(metrics["val_nll"])
         if metrics["val_accuracy"] > self.val_accuracy:  # ties: the earlier epoch
             self.best.load_state_dict(unwrap(model).state_dict())
             self.epoch, self.val_accuracy, self.val_nll = metrics["epoch"], metrics["val_accuracy"], metrics["val_nll"]
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "val_accuracy": self.val_accuracy, "val_nll": self.val_nll, "by_epoch": self.by_epoch}
+        return {"epoch": self.epoch, "val_accuracy": self.val_accuracy, "val_nll": self.val_nll, "by_epoch": self.by_epoch,
+                "nll_by_epoch": self.nll_by_epoch}
 
     def restore(self, directory: Path, state: dict) -> None:
         sel = state.get("selection")
@@ -322,6 +326,7 @@ class Selection:
             load_weights(self.best, directory / "best" / "model.safetensors")
             self.epoch, self.val_accuracy, self.val_nll = int(sel["epoch"]), float(sel["val_accuracy"]), float(sel["val_nll"])
             self.by_epoch = [float(v) for v in sel["by_epoch"]]
+            self.nll_by_epoch = [float(v) for v in sel.get("nll_by_epoch", [])]  # older checkpoints: none
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -488,7 +493,8 @@ def _select(w: Worker, model, metrics: dict) -> dict:
     out = {**metrics, "accuracy": correct / max(1.0, count), "test_nll": nll / max(1.0, count),
            **{k: v for k, v in ev.items() if k not in ("correct", "count", "nll_sum")},
            "selected_epoch": sel.epoch, "val_accuracy": sel.val_accuracy, "val_nll": sel.val_nll,
-           "val_accuracy_by_epoch": list(sel.by_epoch), "eval_protocol": "best validation epoch, test read once"}
+           "val_accuracy_by_epoch": list(sel.by_epoch), "val_nll_by_epoch": list(sel.nll_by_epoch),
+           "eval_protocol": "best validation epoch, test read once"}
     if w.ds_ref:
         r = w.ds_ref
         out["ds"] = distillation_score(r["size_s"], r["size_t"], out["accuracy"], r["acc_t"], r["a"])
@@ -595,7 +601,7 @@ def fit_many(jobs: list[Job], engine: EngineConfig | dict, name: str, storage_pa
             j.teacher_cache_ref = get_or_build(j.task, engine, use_gpu, local=in_trial or build_here)
     if in_trial and datasets is None and engine.num_workers == 1:
         return _fit_in_trial(config, use_gpu)
-    trainer = TorchTrainer(
+    trainer = trainer_class(engine, use_gpu)(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=engine.num_workers, use_gpu=bool(use_gpu),
@@ -609,6 +615,14 @@ def fit_many(jobs: list[Job], engine: EngineConfig | dict, name: str, storage_pa
         datasets=datasets,
     )
     return trainer.fit()
+
+
+def trainer_class(engine: EngineConfig, use_gpu) -> type:
+    """``TorchTrainer`` where workers share gradients (DDP over a torch process group) or use GPUs; for
+    one CPU worker, Ray Train's generic ``DataParallelTrainer``: the same loop, workers, checkpoints and
+    resume, without the torch backend. That backend sets up a process group one worker never uses, and
+    makes the run's controller import torch to read its config: 1-2 s of every run's start on 2 cores."""
+    return TorchTrainer if engine.num_workers > 1 or use_gpu else DataParallelTrainer
 
 
 @dataclass

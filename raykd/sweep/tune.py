@@ -41,6 +41,7 @@ from raykd.config import SPACE_KINDS, _set_dotted, parse_config
 from raykd.errors import UserError
 from raykd.lifecycle import RunContext, make_context
 from raykd.method import get_method
+from raykd.runtime import verbose
 
 TRIAL_DRIVER_CPU = 0.01
 
@@ -139,13 +140,6 @@ def _num(x) -> float:
     return x if math.isfinite(x) else float("nan")
 
 
-def _reporter(parameters: list[str], metric: str):
-    """Tune's console table with the swept parameters and the headline metrics only (the default
-    would print every config entry, including the sweep's shared context)."""
-    metrics = list(dict.fromkeys([metric, "accuracy", "ds", "epoch"]))
-    return tune.CLIReporter(parameter_columns=parameters, metric_columns=metrics, max_report_frequency=30)
-
-
 def _searcher(sweep: dict, metric: str, mode: str):
     if sweep.get("search", "basic") == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -198,11 +192,12 @@ def max_concurrent(cfg) -> int:
     return max(1, int(math.floor(ray.cluster_resources().get("CPU", 1) / per_trial)))
 
 
-def sweep(cfg, fresh: bool = False) -> pd.DataFrame:
-    """Run (or resume) the sweep declared in ``cfg.sweep``; returns the sweep's results rows."""
+def sweep(cfg, fresh: bool = False, shutdown: bool = False) -> pd.DataFrame:
+    """Run (or resume) the sweep declared in ``cfg.sweep``; returns the sweep's results rows.
+    ``shutdown``: stop the private Ray this process started while the report is written (the CLI)."""
     from raykd.plugins import loaded
     from raykd.report import report
-    from raykd.runtime import init_ray
+    from raykd.runtime import init_ray, shutdown_in_background
 
     if getattr(cfg, "sweep", None) is None:
         raise UserError("sweep: this config has no `sweep:` section with a search space")
@@ -210,7 +205,7 @@ def sweep(cfg, fresh: bool = False) -> pd.DataFrame:
     ctx = make_context(cfg, fresh)
     base = cfg.model_dump(mode="json")
     space = validate_space(base, cfg.sweep.space)
-    init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, dashboard=cfg.ray.dashboard, plugins=loaded())
+    started = init_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus, dashboard=cfg.ray.dashboard, plugins=loaded())
     if method.prepare is not None:
         method.prepare(cfg, ctx)
     shared = {"base": base, "out": str(ctx.out_dir), "storage": str(ctx.storage), "sweep_id": ctx.run_id,
@@ -220,8 +215,11 @@ def sweep(cfg, fresh: bool = False) -> pd.DataFrame:
     record_stopped(cfg, ctx, grid)
     df = ctx.rows(include_trials=True)
     print(f"[raykd] sweep {ctx.run_id}: {len(df)} rows, {len(errors)} trials errored", flush=True)
+    stopping = shutdown_in_background() if shutdown and started else None  # only the Ray this call started
     if len(df):
         report(ctx.out_dir, df=df, a=cfg.metric.a, size=cfg.metric.size)
+    if stopping is not None:
+        stopping.join()
     return df
 
 
@@ -275,7 +273,9 @@ def _tuner(cfg, ctx: RunContext, space: dict, shared: dict, fresh: bool) -> tune
                                     reuse_actors=True),  # a trial's process (imports, prepared data) serves the next
         run_config=tune.RunConfig(name=name, storage_path=str(ctx.storage), callbacks=_loggers(ctx, name),
                                   failure_config=tune.FailureConfig(max_failures=sw.max_failures),
-                                  progress_reporter=_reporter(list(space), metric)))
+                                  # Tune's trial tables and config boxes only with --verbose: the console
+                                  # holds each trial's epoch lines and the results table
+                                  verbose=1 if verbose() else 0))
 
 
 def _loggers(ctx: RunContext, name: str) -> list:
