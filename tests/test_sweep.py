@@ -130,7 +130,10 @@ def test_resume_after_killed_driver_has_no_duplicate_or_missing_trial(tmp_path):
     weights = _teacher(tmp_path)
     cfg = _cfg(tmp_path, weights)
     cfg["engine"]["teacher_cache"] = False
-    cfg["train"]["epochs"] = 2
+    # trials long enough (seconds each) that the driver can be killed between the first pair of trials
+    # and the second: trials reuse their processes and start in no time
+    cfg["train"]["epochs"] = 6
+    cfg["data"]["train_subset"] = 3000
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "1"}
@@ -145,7 +148,7 @@ def test_resume_after_killed_driver_has_no_duplicate_or_missing_trial(tmp_path):
     while time.time() < deadline:  # kill the driver once the first trial has finished
         if len(trials()) >= 1:
             break
-        time.sleep(2)
+        time.sleep(0.25)
     else:
         proc.kill()
         pytest.fail("the sweep produced no trial result in time")
