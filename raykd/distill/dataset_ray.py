@@ -38,10 +38,11 @@ from raykd.distill.dataset import (
     init_params, load_distilled, load_real_data, meta_gradient, starting_params,
 )
 from raykd.engine.checkpoint import DamagedCheckpoint, restore_newest
-from raykd.engine.trainer import uses_gpu, worker_env
+from raykd.engine.trainer import quiet_reports, uses_gpu, worker_env
 from raykd.paths import atomic_write_bytes, cache_dir
 from raykd.plugins import setup_worker
 from raykd.results import config_hash
+from raykd.runtime import ray_log_level
 
 UNSEEN_INIT_SEED = 7_000_000  # evaluation inits are drawn from seeds no training iteration uses
 PROBE_INIT_SEED = 6_999_999   # the init behind the quick accuracy printed during random-init training
@@ -54,6 +55,7 @@ PROBE_INIT_SEED = 6_999_999   # the init behind the quick accuracy printed durin
 def distill_loop_per_worker(config: dict) -> None:
     """Outer loop on one worker: meta-gradient on local real data, all-reduce, Adam step, report."""
     setup_worker()  # the run's plugins (a user's dataset or learner)
+    quiet_reports(config.get("log_level", "INFO"))
     recipe: Recipe = config["recipe"]
     s = recipe.settings
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
@@ -167,13 +169,14 @@ def distill_on_ray(recipe: Recipe, engine: EngineConfig, name: str, storage: Pat
     cpus = max(engine.cpus_per_worker, float(free // engine.num_workers))
     trainer = TorchTrainer(
         distill_loop_per_worker,
-        train_loop_config={"recipe": recipe, "threads": max(1, int(cpus))},
+        train_loop_config={"recipe": recipe, "threads": max(1, int(cpus)), "log_level": ray_log_level()},
         scaling_config=ScalingConfig(num_workers=engine.num_workers, use_gpu=bool(use_gpu),
                                      resources_per_worker={"CPU": cpus}, placement_strategy=engine.placement_strategy),
         run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),
                              failure_config=FailureConfig(max_failures=engine.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=callbacks, worker_runtime_env=worker_env()),
+                             callbacks=callbacks, worker_runtime_env=worker_env(),
+                             logging_config=ray.train.LoggingConfig(log_level=ray_log_level())),
     )
     result = trainer.fit()
     if result.error is not None:

@@ -333,11 +333,11 @@ def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
     # the run's plugins (given here too: Ray may have been started before them, e.g. in a notebook)
     setup_worker(config.get("plugins"))
-    _quiet_reports(config.get("log_level", "INFO"))
+    quiet_reports(config.get("log_level", "INFO"))
     run_jobs(config, TrainSession())
 
 
-def _quiet_reports(level: str) -> None:
+def quiet_reports(level: str) -> None:
     """Ray Train logs every report (its whole metrics dict and checkpoint path) under a logger named by its
     module's file path, outside ``ray.train``, so its ``LoggingConfig`` does not reach it: set its level here."""
     import logging
