@@ -113,11 +113,16 @@ def config_for(dataset: str, generations: int, seeds: list[int], out: Path, regi
     return parse_config(raw, spec["config"])
 
 
-def paired(metrics: pd.DataFrame, a: str, b: str, col: str) -> dict:
-    """Per-seed difference a - b of one metric: mean, std, and how many seeds it was > 0."""
+def seed_differences(metrics: pd.DataFrame, a: str, b: str, col: str) -> pd.Series:
+    """Per-seed difference a - b of one metric (paired: same seed, same data), by seed."""
     x = metrics[metrics["method"] == a].set_index("seed")[col]
     y = metrics[metrics["method"] == b].set_index("seed")[col]
-    d = (x - y).dropna()
+    return (x - y).dropna()
+
+
+def paired(metrics: pd.DataFrame, a: str, b: str, col: str) -> dict:
+    """Per-seed difference a - b of one metric: mean, std, and how many seeds it was > 0."""
+    d = seed_differences(metrics, a, b, col)
     return {"mean": float(d.mean()), "std": float(d.std(ddof=0)), "positive": int((d > 0).sum()), "seeds": int(len(d))}
 
 
@@ -145,9 +150,7 @@ MIN_SEEDS = 3
 
 def judged(metrics: pd.DataFrame, a: str, b: str, col: str) -> dict:
     """Paired per-seed difference a - b of one metric, with the verdict of the claim 'a is better than b'."""
-    x = metrics[metrics["method"] == a].set_index("seed")[col]
-    y = metrics[metrics["method"] == b].set_index("seed")[col]
-    d = (x - y).dropna()
+    d = seed_differences(metrics, a, b, col)
     better = d * BETTER[col]
     if len(d) < MIN_SEEDS:
         verdict = "undecided"

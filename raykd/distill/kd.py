@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -264,12 +265,11 @@ def run(cfg, ctx) -> list[dict]:
     size = cfg.metric.size  # DS of every epoch, reported to Ray (and to Tune schedulers in a sweep)
     # Outside a sweep trial the driver counts the teacher's MACs in a thread while the worker group starts
     # (the first count imports sympy, about a second); the DS of each epoch needs only the metric's size.
+    # With the metric on MACs every count is made here, so two threads never count at once.
     overlap = ctx.trial is None and size != "macs"
     if ctx.trial is None:
         build_teacher_outputs(cfg, teacher)  # before any student reads them
-    pool = ThreadPoolExecutor(1, thread_name_prefix="raykd-measure") if overlap else None
-    t_measured = pool.submit(measure_teacher, teacher) if pool else None
-    t_size_now = {size: quick_size(teacher["model"], teacher["example"], size)} if overlap else measure_teacher(teacher)
+    size_t = quick_size(teacher["model"], teacher["example"], size)
     todo, about = [], {}  # jobs to train; item -> (kind, student spec, example input)
     for item, spec, losses, kind in student_jobs(cfg):
         if ctx.done(item) is not None:
@@ -279,15 +279,14 @@ def run(cfg, ctx) -> list[dict]:
         s_task = build_task(task)
         example = s_task.example_input(s_task.load_split("test"))  # the student's own token ids
         about[item] = (kind, spec, example)
-        ds_ref = {"size_s": quick_size(s_task.build_student(), example, size), "size_t": t_size_now[size],
+        ds_ref = {"size_s": quick_size(s_task.build_student(), example, size), "size_t": size_t,
                   "acc_t": teacher["accuracy"], "a": cfg.metric.a}
         todo.append(Job(item, task, f"{kind} {spec.display}", ds_ref))
-    try:
-        _train_students(cfg, ctx, teacher, todo, about, lambda: finish_teacher(
-            cfg, ctx, teacher, t_measured.result() if t_measured else t_size_now))
-    finally:
-        if pool:
-            pool.shutdown(wait=True)
+    with ThreadPoolExecutor(1, thread_name_prefix="raykd-measure") as pool:
+        t_size = pool.submit(measure_teacher, teacher) if overlap else None
+        # the teacher's row, once, after the first group has trained (and before any student's row)
+        finish = functools.cache(lambda: finish_teacher(cfg, ctx, teacher, t_size.result() if t_size else measure_teacher(teacher)))
+        _train_students(cfg, ctx, teacher, todo, about, finish)
     return ctx.rows().to_dict("records")
 
 
@@ -300,8 +299,8 @@ def quick_size(model, example, which: str) -> float:
 
 def _train_students(cfg, ctx, teacher: dict, todo: list, about: dict, finish) -> None:
     """Train ``todo`` (in one worker group, or one per streamed student), then record each student's row.
-    ``finish`` completes the teacher's facts (its row too) once the first group has trained."""
-    finished_teacher = False
+    ``finish`` completes the teacher's facts (its row too); it is called after every group and at the end,
+    and does its work once."""
     engine = cfg.engine.resolved(concurrent=ctx.trial is not None)
     for group in job_groups(cfg, todo):
         if not group:
@@ -311,9 +310,7 @@ def _train_students(cfg, ctx, teacher: dict, todo: list, about: dict, finish) ->
         name = ctx.ray_name("students" if len(group) == len(todo) else group[0].item)
         result = fit_many(group, cfg.engine, name, ctx.storage, callbacks=ctx.train_callbacks([j.item for j in group]),
                           in_trial=ctx.trial_in_process, build_here=ctx.trial is not None)
-        if not finished_teacher:
-            finish()
-            finished_teacher = True
+        finish()
         with finished_jobs(result) as finished:
             for job in group:
                 kind, spec, example = about[job.item]
@@ -333,5 +330,4 @@ def _train_students(cfg, ctx, teacher: dict, todo: list, about: dict, finish) ->
                 ctx.record([row])
                 print(f"[raykd] {kind} {spec.display}: accuracy {row['accuracy']:.4f} (teacher {teacher['accuracy']:.4f}), "
                       f"params {row['params']:,}, DS {row['ds']:.4f}, {row['wall_time_s']:.0f}s", flush=True)
-    if not finished_teacher:  # every student was done in an earlier attempt
-        finish()
+    finish()  # every student was done in an earlier attempt: the teacher's row still
