@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 import raykd
-from raykd.rl.runner import last_finite, method_name
+from raykd.rl.runner import last_finite, method_name, plot_curves, summarise_curves
 from raykd.rl.settings import PPO_FIELDS, SAC_FIELDS, DPDSettings
 
 HERE = Path(__file__).resolve().parent
@@ -74,14 +74,21 @@ def main() -> None:
     p.add_argument("--training-intensity", type=float, default=None, help="SAC: replayed / sampled steps")
     p.add_argument("--learning-starts", type=int, default=1000, help="SAC: steps sampled before updates start")
     p.add_argument("--rollout-fragment-length", type=int, default=None, help="env steps per sampling call")
+    p.add_argument("--envs-per-runner", type=int, default=1,
+                   help="copies of the task stepped together (RLlib's num_envs_per_env_runner): batched inference")
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     p.add_argument("--minibatch-size", type=int, default=64)
     p.add_argument("--num-epochs", type=int, default=10)
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--out", type=Path, default=HERE / "out" / "dpd")
+    p.add_argument("--summary", type=Path, default=None,
+                   help="where the small summary goes (default benchmarks/dpd_summary.json, or dpd_<algorithm>_summary.json)")
     p.add_argument("--summarise-only", action="store_true",
                    help="train nothing: rebuild the table from the results and curves already under --out")
+    p.add_argument("--merge", type=Path, nargs="+", default=[],
+                   help="with --summarise-only: also read the runs under these --out directories (the same "
+                        "budget with other seeds, run as a parallel process); the merged curves go to <out>/<task>/curves_all.png")
     args = p.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -90,8 +97,11 @@ def main() -> None:
         settings = settings_of(args, env)
         budgets[env] = settings.model_dump()
         if args.summarise_only:
-            rows = pd.read_csv(args.out / env / "results.csv")
-            wall = json.loads((args.out.parent / f"{args.out.name}.json").read_text())["wall_time_s"]
+            dirs = [args.out, *args.merge]
+            rows = pd.concat([pd.read_csv(d / env / "results.csv") for d in dirs], ignore_index=True)
+            wall = float(rows["wall_time_s"].sum())  # the runs' own times, summed (parallel processes overlap)
+            if args.merge:
+                plot_merged(env, rows, settings, args.out / env / "curves_all.png")
         else:
             config = {"name": f"bench-{env}", "method": "dpd", "output_dir": str(args.out / env),
                       "ray": {"num_cpus": os.cpu_count(), "dashboard": False},
@@ -102,13 +112,23 @@ def main() -> None:
         report(args, table, budgets, wall, settings.algorithm)  # written after every task
 
 
+def plot_merged(env: str, rows: pd.DataFrame, settings: DPDSettings, path: Path) -> None:
+    """Learning curves (mean +- std over every seed) of runs that several processes trained."""
+    curves = pd.concat([pd.read_csv(json.loads(e)["curve"]) for e in rows["extra"]], ignore_index=True)
+    summary = summarise_curves(curves)
+    summary.to_csv(path.with_suffix(".csv"), index=False)
+    plot_curves(summary, path, f"{env} ({settings.algorithm.upper()})", settings.steps_per_learner, settings.algorithm)
+    print(f"wrote {path}")
+
+
 def settings_of(args: argparse.Namespace, env: str) -> DPDSettings:
     """The ``dpd:`` settings of one task; the other algorithm's options (which a config refuses) are left out."""
     given = dict(env=env, algorithm=args.algorithm, seeds=args.seeds, steps_per_learner=args.steps_per_learner,
                  hidden=args.hidden, rollout_fragment_length=args.rollout_fragment_length,
                  train_batch_size=args.train_batch_size, alpha=args.alpha, distill_weight=args.distill_weight,
                  training_intensity=args.training_intensity, learning_starts=args.learning_starts,
-                 minibatch_size=args.minibatch_size, num_epochs=args.num_epochs)
+                 minibatch_size=args.minibatch_size, num_epochs=args.num_epochs,
+                 num_envs_per_env_runner=args.envs_per_runner)
     other = PPO_FIELDS if args.algorithm == "sac" else SAC_FIELDS
     return DPDSettings(**{k: v for k, v in given.items() if k not in other and v is not None})
 
@@ -132,11 +152,12 @@ def report(args: argparse.Namespace, table: list[dict], budgets: dict, wall: flo
                          "minibatch_size": args.minibatch_size, "num_epochs": args.num_epochs,
                          "alpha": args.alpha, "distill_weight": args.distill_weight,
                          "training_intensity": args.training_intensity, "learning_starts": args.learning_starts,
-                         "rollout_fragment_length": args.rollout_fragment_length, "hidden": args.hidden},
+                         "rollout_fragment_length": args.rollout_fragment_length, "hidden": args.hidden,
+                         "envs_per_runner": args.envs_per_runner},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     (args.out.parent / f"{args.out.name}.json").write_text(json.dumps({**result, "settings": budgets}, indent=1, default=float))
-    summary = HERE / ("dpd_summary.json" if algorithm == "ppo" else f"dpd_{algorithm}_summary.json")
+    summary = args.summary or HERE / ("dpd_summary.json" if algorithm == "ppo" else f"dpd_{algorithm}_summary.json")
     summary.write_text(json.dumps(result, indent=1, default=float))
 
 

@@ -137,6 +137,24 @@ def test_settings_validate_fields():
     assert DatasetDistillSettings().sample_count(10) == 10
 
 
+def test_defaults_are_the_papers_fixed_init_mnist_recipe_and_the_mnist_configs_keep_them():
+    """Sucholutsky & Schonlau's MNIST runs: free labels starting one-hot, 1 step x 3 epochs, distill lr 0.01,
+    Adam 0.01 (betas 0.5, 0.999) on 1,024 real images, 350 passes over MNIST halved every 35 (59 batches a pass)."""
+    from raykd.config import load_config
+
+    s = DatasetDistillSettings()
+    recipe = {"learn_labels": True, "label_projection": "free", "label_init": "onehot", "steps": 1, "epochs": 3,
+              "inner_lr_init": 0.01, "outer_lr": 0.01, "outer_betas": (0.5, 0.999), "outer_batch_size": 1024,
+              "outer_iterations": 350 * 59, "lr_decay_step": 35 * 59, "lr_decay_factor": 0.5,
+              "init": "fixed", "init_scheme": "xavier", "sample_init": "noise", "split_per_step": False}
+    assert {k: getattr(s, k) for k in recipe} == recipe
+    for name, n in (("dd_mnist_10.yaml", 10), ("dd_mnist_5.yaml", 5)):
+        cfg = load_config(REPO / "configs" / name)
+        assert cfg.data.name == "mnist" and cfg.student.name == "lenet5"
+        assert {k: getattr(cfg.dataset_distill, k) for k in recipe} == recipe, name
+        assert cfg.dataset_distill.sample_count(10) == n
+
+
 @pytest.mark.parametrize("raw, needle", [
     ({"dataset_distill": {"dataset": "mnist"}}, "dataset_distill.dataset: moved: set data.name instead"),
     ({"dataset_distill": {"model_args": {"widths": [4]}}}, "dataset_distill.model_args: moved: set student.args"),
@@ -213,7 +231,7 @@ def tiny_run(tmp_path, **settings) -> dict:
             "engine": {"num_workers": 2, "max_failures": 0},
             "dataset_distill": {"num_samples": 5, "steps": 2, "epochs": 1, "outer_iterations": 4, "outer_batch_size": 64,
                                 "eval_inits": 2, "baselines": False, "reference_epochs": 0, "checkpoint_every": 2,
-                                "log_every": 2, **settings}}
+                                "log_every": 2, "label_projection": "softmax", **settings}}  # labels stay distributions
 
 
 @pytest.mark.ray
