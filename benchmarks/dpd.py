@@ -1,14 +1,24 @@
 """Benchmark: DPD vs one learner vs two independent peers on MuJoCo tasks, several seeds (PPO or SAC).
 
 For each task it runs every (mode, seed) as one ``method: dpd`` run (``raykd.run``, RLlib new API stack),
-then prints a table of final and best mean return (mean +- std over seeds) and the environment
-steps per second of DPD relative to two independent learners. Each task's run (results, curves CSV +
+then prints a table of final and best mean return (mean +- std over seeds), whether the paper's claim
+(DPD peers beat their baselines) holds on paired per-seed differences, and the environment steps per
+second of DPD relative to two independent learners. Each task's run (results, curves CSV +
 PNG, checkpoints, TensorBoard) goes to ``benchmarks/out/dpd/<task>/``, and rerunning the same command
 resumes it (finished runs are skipped, unfinished ones continue from their checkpoints); the table and the budget go to ``benchmarks/out/dpd.json`` and a
 small summary to ``benchmarks/dpd_summary.json``.
 
     flock /tmp/raykd-heavy.lock python benchmarks/dpd.py        # 2 tasks x 3 modes x 3 seeds, 8k steps per learner
     flock /tmp/raykd-heavy.lock python benchmarks/dpd.py --steps-per-learner 4000 --seeds 0   # quick look
+    # where PPO learns (issue 16): Hopper, 5 seeds, 50k steps per peer (100k for one learner), 32 envs per
+    # runner; seeds 0-2 and 3-4 as two processes, one per core, then one merged table, verdicts and plot
+    python benchmarks/dpd.py --envs Hopper-v5 --seeds 0 1 2 --steps-per-learner 50000 --train-batch-size 2048 \
+        --minibatch-size 128 --envs-per-runner 32 --out benchmarks/out/dpd_hopper &
+    python benchmarks/dpd.py --envs Hopper-v5 --seeds 3 4 --steps-per-learner 50000 --train-batch-size 2048 \
+        --minibatch-size 128 --envs-per-runner 32 --out benchmarks/out/dpd_hopper_b --summary /tmp/b.json; wait
+    python benchmarks/dpd.py --envs Hopper-v5 --seeds 0 1 2 3 4 --steps-per-learner 50000 --train-batch-size 2048 \
+        --minibatch-size 128 --envs-per-runner 32 --out benchmarks/out/dpd_hopper --merge benchmarks/out/dpd_hopper_b \
+        --summarise-only --summary benchmarks/dpd_hopper_summary.json
     python benchmarks/dpd.py --algorithm sac --envs InvertedPendulum-v5 --seeds 0 1 2 --steps-per-learner 2500 \
         --train-batch-size 128 --training-intensity 64 --learning-starts 500 --rollout-fragment-length 16 \
         --out benchmarks/out/dpd_sac      # off-policy variant: writes dpd_sac.json and dpd_sac_summary.json
@@ -26,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 import raykd
+from raykd.metrics import SEED_VERDICT_RULE, seed_verdict
 from raykd.rl.runner import last_finite, method_name, plot_curves, summarise_curves
 from raykd.rl.settings import PPO_FIELDS, SAC_FIELDS, DPDSettings
 
@@ -39,12 +50,17 @@ def returns_from_curve(out_env: Path, extra: dict, seed: int) -> dict:
     return {**extra, "final_return": last_finite(per_iter), "best_return": float(per_iter.max())}
 
 
-def summarise(env: str, rows: pd.DataFrame, settings: DPDSettings, out_env: Path) -> list[dict]:
-    """One line per method: final/best return over seeds (plus the single learner at the same
-    per-learner steps). Returns are read from the runs' saved curves."""
+def per_run(rows: pd.DataFrame, out_env: Path) -> pd.DataFrame:
+    """One line per (method, seed) run: its figures, with returns read from its saved curve."""
     extra = pd.DataFrame([returns_from_curve(out_env, json.loads(e), int(seed))
                           for e, seed in zip(rows["extra"], rows["seed"])])
-    extra["method"] = rows["method"].to_numpy()
+    extra["method"], extra["seed"] = rows["method"].to_numpy(), rows["seed"].astype(int).to_numpy()
+    return extra
+
+
+def summarise(env: str, extra: pd.DataFrame, settings: DPDSettings) -> list[dict]:
+    """One line per method: final/best return over seeds (plus the single learner at the same
+    per-learner steps)."""
     lines = []
     for method, df in extra.groupby("method", sort=False):
         single = method == method_name("single", settings.algorithm)
@@ -61,6 +77,25 @@ def summarise(env: str, rows: pd.DataFrame, settings: DPDSettings, out_env: Path
                           "final_mean": float(at.mean()), "final_std": float(at.std(ddof=0)),
                           "best_mean": float("nan"), "best_std": float("nan"), "steps_per_s": float("nan")})
     return lines
+
+
+def claims(env: str, extra: pd.DataFrame, settings: DPDSettings) -> list[dict]:
+    """The paper's claim that DPD peers beat their baselines, on paired per-seed differences of the
+    final (peer-mean) return, each with its verdict (:data:`raykd.metrics.SEED_VERDICT_RULE`)."""
+    dpd, independent, single = (method_name(m, settings.algorithm) for m in ("dpd", "independent", "single"))
+    runs = {method: df.set_index("seed") for method, df in extra.groupby("method")}
+    comparisons = [("DPD peers beat two independent peers (same steps each)", dpd, independent, "final_return"),
+                   ("DPD peers beat one learner given both peers' steps", dpd, single, "final_return"),
+                   ("DPD peers beat one learner given one peer's steps", dpd, single, "return_at_per_learner_budget")]
+    out = []
+    for claim, a, b, col in comparisons:
+        if a not in runs or b not in runs or col not in runs[b]:
+            continue
+        d = (runs[a]["final_return"] - runs[b][col]).dropna()
+        out.append({"env": env, "claim": claim, "mean": float(d.mean()), "std": float(d.std(ddof=0)),
+                    "better_on": int((d > 0).sum()), "seeds": int(len(d)),
+                    "per_seed": {int(k): float(v) for k, v in d.items()}, "verdict": seed_verdict(d)})
+    return out
 
 
 def main() -> None:
@@ -92,7 +127,7 @@ def main() -> None:
     args = p.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    start, table, budgets = time.perf_counter(), [], {}
+    start, table, judged, budgets = time.perf_counter(), [], [], {}
     for env in args.envs:
         settings = settings_of(args, env)
         budgets[env] = settings.model_dump()
@@ -108,8 +143,10 @@ def main() -> None:
                       "dpd": settings.model_dump(include=settings.model_fields_set)}
             rows = raykd.run(config).table
             wall = time.perf_counter() - start
-        table += summarise(env, rows, settings, args.out / env)
-        report(args, table, budgets, wall, settings.algorithm)  # written after every task
+        extra = per_run(rows, args.out / env)
+        table += summarise(env, extra, settings)
+        judged += claims(env, extra, settings)
+        report(args, table, judged, budgets, wall, settings.algorithm)  # written after every task
 
 
 def plot_merged(env: str, rows: pd.DataFrame, settings: DPDSettings, path: Path) -> None:
@@ -133,7 +170,8 @@ def settings_of(args: argparse.Namespace, env: str) -> DPDSettings:
     return DPDSettings(**{k: v for k, v in given.items() if k not in other and v is not None})
 
 
-def report(args: argparse.Namespace, table: list[dict], budgets: dict, wall: float, algorithm: str) -> None:
+def report(args: argparse.Namespace, table: list[dict], judged: list[dict], budgets: dict, wall: float,
+           algorithm: str) -> None:
     """Print the table and the throughput ratio; write ``out/dpd.json`` and ``dpd_summary.json``."""
     df = pd.DataFrame(table)
     speed = {}
@@ -144,9 +182,13 @@ def report(args: argparse.Namespace, table: list[dict], budgets: dict, wall: flo
     print(df.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     for env, ratio in speed.items():
         print(f"{env}: DPD throughput = {ratio:.3f} x two independent learners (overhead {100 * (1 - ratio):.1f}%)")
+    for c in judged:
+        print(f"{c['env']}: {c['claim']}: {c['verdict']} (final return difference {c['mean']:+.1f} +- {c['std']:.1f}, "
+              f"better on {c['better_on']}/{c['seeds']} seeds)")
     print(f"benchmark wall time so far {wall / 60:.1f} min", flush=True)
 
-    result = {"table": table, "dpd_over_independent_steps_per_s": speed, "wall_time_s": wall,
+    result = {"table": table, "claims": judged, "claim_rule": SEED_VERDICT_RULE,
+              "dpd_over_independent_steps_per_s": speed, "wall_time_s": wall,
               "budget": {"algorithm": algorithm, "steps_per_learner": args.steps_per_learner, "seeds": args.seeds, "envs": list(budgets),
                          "single_learner_steps": 2 * args.steps_per_learner, "train_batch_size": args.train_batch_size,
                          "minibatch_size": args.minibatch_size, "num_epochs": args.num_epochs,

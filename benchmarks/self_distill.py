@@ -150,16 +150,11 @@ MIN_SEEDS = 3
 
 def judged(metrics: pd.DataFrame, a: str, b: str, col: str) -> dict:
     """Paired per-seed difference a - b of one metric, with the verdict of the claim 'a is better than b'."""
+    from raykd.metrics import seed_verdict
+
     d = seed_differences(metrics, a, b, col)
     better = d * BETTER[col]
-    if len(d) < MIN_SEEDS:
-        verdict = "undecided"
-    elif better.mean() > better.std(ddof=0) and (better > 0).all():
-        verdict = "holds"
-    elif better.mean() < -better.std(ddof=0):
-        verdict = "does not hold"
-    else:
-        verdict = "undecided"
+    verdict = seed_verdict(better, MIN_SEEDS)
     return {"mean": float(d.mean()) if len(d) else None, "std": float(d.std(ddof=0)) if len(d) else None,
             "better_on": int((better > 0).sum()), "seeds": int(len(d)), "per_seed": {int(k): float(v) for k, v in d.items()},
             "verdict": verdict}

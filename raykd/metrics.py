@@ -196,3 +196,23 @@ def pareto_front(df: pd.DataFrame, size: str = "params") -> pd.DataFrame:
             keep.append(idx)
             best = acc
     return d.loc[keep]
+
+
+SEED_VERDICT_RULE = (
+    "d_s = metric(a) - metric(b) on seed s (paired: same seed), signed so that d > 0 means a is better. "
+    "'holds': mean(d) > std(d) (population std over seeds) and d_s > 0 on every seed; 'does not hold': "
+    "mean(d) < -std(d) (a is worse by more than the spread); 'undecided': anything else, and always with "
+    "fewer than 3 seeds.")
+
+
+def seed_verdict(better: pd.Series, min_seeds: int = 3) -> str:
+    """Whether "a is better than b" holds over seeds, from paired per-seed differences ``better``
+    (signed so that > 0 means a is better): see :data:`SEED_VERDICT_RULE`."""
+    better = better.dropna()
+    if len(better) < min_seeds:
+        return "undecided"
+    if better.mean() > better.std(ddof=0) and (better > 0).all():
+        return "holds"
+    if better.mean() < -better.std(ddof=0):
+        return "does not hold"
+    return "undecided"

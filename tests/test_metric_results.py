@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from raykd.results import append_rows, make_row, read_results
-from raykd.metrics import distillation_score, ds_column, leaderboard, pareto_front
+from raykd.metrics import distillation_score, ds_column, leaderboard, pareto_front, seed_verdict
 
 
 @pytest.mark.parametrize("size_s, size_t, acc_s, acc_t, a, expected", [
@@ -98,3 +98,17 @@ def test_fresh_drops_a_sweeps_trial_rows_and_keeps_other_runs(tmp_path):
     forget(SimpleNamespace(run_id="sw-1", out_dir=tmp_path, storage=tmp_path / "ray", ray_name=lambda item: f"sw-1-{item}"))
     assert read_results(tmp_path)["run_id"].tolist() == ["sw-10/t0"]
     assert read_results(tmp_path / "results.csv")["run_id"].tolist() == ["sw-10/t0"]
+
+
+@pytest.mark.parametrize("differences, verdict", [
+    ([3.0, 2.0, 4.0], "holds"),                   # better on every seed, mean above the spread
+    ([3.0, 2.0, 4.0, 3.0, 2.5], "holds"),
+    ([5.0, 6.0, -0.5], "undecided"),              # mean above the spread, but worse on one seed
+    ([0.1, 5.0, 0.2], "undecided"),               # better on every seed, but the spread is larger than the mean
+    ([-3.0, -2.0, -4.0], "does not hold"),        # worse by more than the spread
+    ([-1.0, 1.5, -0.5], "undecided"),
+    ([3.0, 2.0], "undecided"),                    # fewer than 3 seeds never decide
+    ([3.0, float("nan"), 2.0], "undecided"),      # a missing seed does not count
+])
+def test_seed_verdict_reads_paired_differences(differences, verdict):
+    assert seed_verdict(pd.Series(differences)) == verdict
