@@ -125,6 +125,8 @@ def main() -> None:
                    help="with --summarise-only: also read the runs under these --out directories (the same "
                         "budget with other seeds, run as a parallel process); the merged curves go to <out>/<task>/curves_all.png")
     args = p.parse_args()
+    if args.merge and not args.summarise_only:
+        p.error("--merge reads finished runs: give it with --summarise-only")
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     start, table, judged, budgets = time.perf_counter(), [], [], {}
@@ -134,6 +136,10 @@ def main() -> None:
         if args.summarise_only:
             dirs = [args.out, *args.merge]
             rows = pd.concat([pd.read_csv(d / env / "results.csv") for d in dirs], ignore_index=True)
+            twice = rows[rows.duplicated(["method", "seed"], keep=False)]
+            if len(twice):
+                p.error(f"{env}: these (method, seed) runs are in more than one --out/--merge directory: "
+                        f"{sorted(set(zip(twice['method'], twice['seed'].astype(int))))}")
             wall = float(rows["wall_time_s"].sum())  # the runs' own times, summed (parallel processes overlap)
             if args.merge:
                 plot_merged(env, rows, settings, args.out / env / "curves_all.png")
