@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 import raykd
-from raykd.metrics import SEED_VERDICT_RULE, seed_verdict
+from raykd.metrics import SEED_VERDICT_RULE, paired_verdict
 from raykd.rl.runner import last_finite, method_name, plot_curves, summarise_curves
 from raykd.rl.settings import PPO_FIELDS, SAC_FIELDS, DPDSettings
 
@@ -91,10 +91,7 @@ def claims(env: str, extra: pd.DataFrame, settings: DPDSettings) -> list[dict]:
     for claim, a, b, col in comparisons:
         if a not in runs or b not in runs or col not in runs[b]:
             continue
-        d = (runs[a]["final_return"] - runs[b][col]).dropna()
-        out.append({"env": env, "claim": claim, "mean": float(d.mean()), "std": float(d.std(ddof=0)),
-                    "better_on": int((d > 0).sum()), "seeds": int(len(d)),
-                    "per_seed": {int(k): float(v) for k, v in d.items()}, "verdict": seed_verdict(d)})
+        out.append({"env": env, "claim": claim, **paired_verdict(runs[a]["final_return"] - runs[b][col])})
     return out
 
 

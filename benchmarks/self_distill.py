@@ -150,14 +150,9 @@ MIN_SEEDS = 3
 
 def judged(metrics: pd.DataFrame, a: str, b: str, col: str) -> dict:
     """Paired per-seed difference a - b of one metric, with the verdict of the claim 'a is better than b'."""
-    from raykd.metrics import seed_verdict
+    from raykd.metrics import paired_verdict
 
-    d = seed_differences(metrics, a, b, col)
-    better = d * BETTER[col]
-    verdict = seed_verdict(better, MIN_SEEDS)
-    return {"mean": float(d.mean()) if len(d) else None, "std": float(d.std(ddof=0)) if len(d) else None,
-            "better_on": int((better > 0).sum()), "seeds": int(len(d)), "per_seed": {int(k): float(v) for k, v in d.items()},
-            "verdict": verdict}
+    return paired_verdict(seed_differences(metrics, a, b, col), BETTER[col], MIN_SEEDS)
 
 
 def overfit_claims(metrics: pd.DataFrame, generations: int) -> dict:

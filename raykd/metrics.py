@@ -216,3 +216,13 @@ def seed_verdict(better: pd.Series, min_seeds: int = 3) -> str:
     if better.mean() < -better.std(ddof=0):
         return "does not hold"
     return "undecided"
+
+
+def paired_verdict(differences: pd.Series, sign: int = 1, min_seeds: int = 3) -> dict:
+    """Paired per-seed differences a - b of one metric (indexed by seed) with the verdict of the claim
+    "a is better than b"; ``sign`` is +1 where higher is better, -1 where lower is (NLL, ECE)."""
+    d = differences.dropna()
+    better = d * sign
+    return {"mean": float(d.mean()) if len(d) else None, "std": float(d.std(ddof=0)) if len(d) else None,
+            "better_on": int((better > 0).sum()), "seeds": int(len(d)),
+            "per_seed": {int(k): float(v) for k, v in d.items()}, "verdict": seed_verdict(better, min_seeds)}

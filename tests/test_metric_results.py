@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from raykd.results import append_rows, make_row, read_results
-from raykd.metrics import distillation_score, ds_column, leaderboard, pareto_front, seed_verdict
+from raykd.metrics import distillation_score, ds_column, leaderboard, pareto_front, paired_verdict, seed_verdict
 
 
 @pytest.mark.parametrize("size_s, size_t, acc_s, acc_t, a, expected", [
@@ -112,3 +112,12 @@ def test_fresh_drops_a_sweeps_trial_rows_and_keeps_other_runs(tmp_path):
 ])
 def test_seed_verdict_reads_paired_differences(differences, verdict):
     assert seed_verdict(pd.Series(differences)) == verdict
+
+
+def test_paired_verdict_signs_lower_is_better_metrics_and_keeps_the_raw_differences():
+    nll_a_minus_b = pd.Series({0: -0.04, 1: -0.03, 2: -0.05})  # a's NLL lower on every seed: a is better
+    judged = paired_verdict(nll_a_minus_b, sign=-1)
+    assert judged["verdict"] == "holds" and judged["better_on"] == 3 and judged["seeds"] == 3
+    assert judged["mean"] == pytest.approx(-0.04) and judged["per_seed"] == {0: -0.04, 1: -0.03, 2: -0.05}
+    assert paired_verdict(nll_a_minus_b, sign=1)["verdict"] == "does not hold"
+    assert paired_verdict(pd.Series(dtype=float))["mean"] is None

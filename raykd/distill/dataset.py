@@ -67,6 +67,7 @@ MOVED_FIELDS = {"dataset": "data.name", "model": "student.name", "model_args": "
 
 PAPER_PASSES, PAPER_DECAY_PASSES, MNIST_BATCHES_PER_PASS = 350, 35, math.ceil(60_000 / 1024)
 
+
 class DatasetDistillSettings(Strict):
     """The ``dataset_distill:`` section of a config."""
 
