@@ -7,7 +7,8 @@ sections). The two MNIST configs are the method's defaults, the paper's fixed-in
 epochs, 20,650 outer iterations); the random-init rows shorten that to 300 iterations. ``--set FIELD=VALUE``
 overrides any ``dataset_distill`` field of the selected rows. Every row is one ``raykd.run`` of the method
 (Ray Train distillation, Ray-task evaluation, results rows), started fresh (``fresh=True``: an earlier
-benchmark's rows are not reused).
+benchmark's rows are not reused); ``--resume`` instead continues an interrupted run of the same command
+from its Ray Train checkpoints (every 100 outer iterations), and the row records where it resumed.
 
 Columns: soft / hard = accuracy of LeNet-5 (text: text CNN) trained only on the distilled set, for the
 fixed init on that init, for the random-init regime mean +- std over ``eval_inits`` unseen inits;
@@ -91,6 +92,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a dataset_distill field of every selected row (YAML value), e.g. --set epochs=10")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray and torch threads (1 leaves a core free)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run of the same command from its checkpoints instead of starting over")
     args = ap.parse_args()
     cli = {k: v for k, v in (("outer_iterations", args.outer_iterations), ("lr_decay_step", args.lr_decay_step))
            if v is not None}
@@ -114,7 +117,7 @@ def main() -> None:
         cfg = config_for(config, overrides, args.quick, out / f"row{i}", cli, args.cpus)
         settings = cfg.dataset_distill
         t0 = time.time()
-        df = raykd.run(cfg, fresh=True).table
+        df = raykd.run(cfg, fresh=not args.resume).table
         total = time.time() - t0
         rows = {r["method"]: r for r in df.to_dict("records")}
         soft = rows.get("dataset_distill[soft]")
@@ -132,6 +135,7 @@ def main() -> None:
             "distill_cpu_time_soft_min": round((extra.get("cpu_sec_per_outer_iter") or float("nan"))
                                                * settings.outer_iterations / 60, 1),
             "distill_time_soft_s": round(extra["distill_time_s"], 1), "total_time_s": round(total, 1),
+            "soft_resumed_at_iteration": extra.get("resumed_at_iteration"),
         })
         all_rows += df.to_dict("records")
         print(f"[benchmark] {label}: {table[-1]}", flush=True)
@@ -145,7 +149,7 @@ def main() -> None:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
     print(f"\nbenchmark wall time: {time.time() - t_bench:.0f} s on {platform.processor() or platform.machine()}, "
           f"torch threads {torch.get_num_threads()}")
-    meta = {"quick": args.quick, "only": args.only, "overrides": cli, "cpus": args.cpus, "wall_time_s": time.time() - t_bench, "machine": platform.platform(),
+    meta = {"quick": args.quick, "only": args.only, "resume": args.resume, "overrides": cli, "cpus": args.cpus, "wall_time_s": time.time() - t_bench, "machine": platform.platform(),
             "torch": torch.__version__, "ray": ray.__version__}
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{out.name}.json").write_text(json.dumps({"meta": meta, "table": table, "rows": all_rows},
